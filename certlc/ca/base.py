@@ -1,0 +1,102 @@
+"""The one contract every CA connector implements (DESIGN §4 step 4).
+
+A connector only talks to its CA. Expected outcomes are data: a :class:`Disposition` is
+``issued`` (certificate and chain attached), ``pending`` (a CA manager must approve; keep the
+``request_id`` and call :meth:`CAConnector.retrieve` later) or ``denied`` (stop and alert).
+Failures are the typed errors of :mod:`certlc.errors`: ``TransientError`` when trying again may
+help, ``TerminalError`` when it will not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+__all__ = ["CAConnector", "Disposition", "DispositionStatus", "Health", "SigningRequest"]
+
+
+class DispositionStatus(StrEnum):
+    ISSUED = "issued"
+    PENDING = "pending"
+    DENIED = "denied"
+
+
+@dataclass(frozen=True)
+class SigningRequest:
+    """What certlc asks a CA to sign: a PEM CSR made by Key Vault and the template to use.
+
+    ``template`` is already mapped to the name (or OID) this CA expects. ``request_key`` is a
+    deterministic id (vault, certificate, version, pending request) a connector may use to make
+    a resubmission idempotent.
+    """
+
+    csr_pem: str
+    template: str
+    request_key: str = ""
+    vault: str = ""
+    certificate: str = ""
+
+
+@dataclass(frozen=True)
+class Disposition:
+    """The CA's answer to a request: plain data, safe to persist and log."""
+
+    status: DispositionStatus
+    request_id: str
+    certificate_pem: str | None = None
+    chain_pem: tuple[str, ...] = ()
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def issued(self) -> bool:
+        return self.status is DispositionStatus.ISSUED
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "status": self.status.value,
+            "request_id": self.request_id,
+            "certificate_pem": self.certificate_pem,
+            "chain_pem": list(self.chain_pem),
+            "reason": self.reason,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Disposition:
+        return cls(
+            status=DispositionStatus(str(data["status"])),
+            request_id=str(data["request_id"]),
+            certificate_pem=data.get("certificate_pem") or None,  # type: ignore[arg-type]
+            chain_pem=tuple(data.get("chain_pem") or ()),  # type: ignore[arg-type]
+            reason=str(data.get("reason") or ""),
+            message=str(data.get("message") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class Health:
+    """Result of a preflight check: ``ok`` plus plain-word problems when not."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class CAConnector(Protocol):
+    """A CA behind certlc: submit a request, fetch a held one, say whether it is usable."""
+
+    profile: str
+
+    def submit(self, request: SigningRequest) -> Disposition:
+        """Send ``request`` to the CA. Returns issued, pending or denied; raises on failure."""
+        ...
+
+    def retrieve(self, request_id: str) -> Disposition:
+        """Ask again about a request the CA held (pending)."""
+        ...
+
+    def check(self) -> Health:
+        """Reachable, authenticated, templates known: a preflight with plain-word problems."""
+        ...

@@ -1,0 +1,59 @@
+"""Maps a CA profile's ``kind`` to the connector that serves it (cert-manager's IssuerFor)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from certlc.ca.base import CAConnector
+from certlc.config import CAProfile, Settings
+from certlc.errors import ConfigError
+
+__all__ = ["connector_for", "known_kinds", "register"]
+
+Factory = Callable[[str, CAProfile, Settings], CAConnector]
+
+_FACTORIES: dict[str, Factory] = {}
+
+
+def register(kind: str, factory: Factory) -> None:
+    _FACTORIES[kind] = factory
+
+
+def _builtin() -> None:
+    from certlc.ca import devca
+
+    register("devca", devca.from_profile)
+
+
+def _plugins() -> None:
+    # Third-party connectors arrive through an entry-point group and must import without extras.
+    for ep in entry_points(group="certlc.ca"):
+        if ep.name not in _FACTORIES:
+            register(ep.name, ep.load())
+
+
+def known_kinds() -> list[str]:
+    if not _FACTORIES:
+        _builtin()
+        _plugins()
+    return sorted(_FACTORIES)
+
+
+def connector_for(profile_name: str, settings: Settings) -> CAConnector:
+    """Build the connector for CA profile ``profile_name``; ConfigError names what is wrong."""
+    try:
+        profile = settings.ca_profiles[profile_name]
+    except KeyError:
+        raise ConfigError(
+            f"CA profile {profile_name!r} is not defined (defined: {', '.join(sorted(settings.ca_profiles))})",
+            reason="CaProfileMissing",
+        ) from None
+    kinds = known_kinds()
+    if profile.kind not in _FACTORIES:
+        raise ConfigError(
+            f"CA profile {profile_name!r} has kind {profile.kind!r}, which is not a known connector "
+            f"(known: {', '.join(kinds)})",
+            reason="CaKindUnknown",
+        )
+    return _FACTORIES[profile.kind](profile_name, profile, settings)

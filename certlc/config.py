@@ -1,0 +1,343 @@
+"""One settings tree for certlc: a TOML file, then ``CERTLC_*`` environment variables.
+
+Precedence (highest first): values passed in code, environment variables
+(``CERTLC_RENEWAL__CONCURRENCY=8``; nested groups joined by ``__``), the TOML file named by
+``--config`` or ``CERTLC_CONFIG``, then the defaults below. Every field has a default and a
+description; nothing secret is stored here in clear (secrets are ``SecretStr``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from certlc.errors import ConfigError
+
+__all__ = [
+    "AzureSettings",
+    "CAProfile",
+    "DevCASettings",
+    "EmulatorSettings",
+    "RenewalSettings",
+    "Settings",
+    "TemplateSpec",
+    "VaultSettings",
+    "is_loopback_url",
+    "load_settings",
+]
+
+SERVER_AUTH = "1.3.6.1.5.5.7.3.1"
+CLIENT_AUTH = "1.3.6.1.5.5.7.3.2"
+
+KEY_USAGES = (
+    "digitalSignature",
+    "nonRepudiation",
+    "keyEncipherment",
+    "dataEncipherment",
+    "keyAgreement",
+    "keyCertSign",
+    "cRLSign",
+    "encipherOnly",
+    "decipherOnly",
+)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when ``url`` points at this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Model(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class TemplateSpec(_Model):
+    """A certificate template, described the way AD CS describes one."""
+
+    name: str = Field(description="The template's common name (cn), e.g. 'WebServer'; never a display name.")
+    oid: str | None = Field(
+        default=None,
+        description="msPKI-Cert-Template-OID for a v2+ template; absent for a v1 template.",
+    )
+    major: int | None = Field(default=None, description="Template major version (revision), v2+ only.")
+    minor: int | None = Field(default=None, description="Template minor version, v2+ only; may be absent.")
+    validity_days: int = Field(default=365, gt=0, description="Lifetime of certificates issued with it.")
+    ekus: list[str] = Field(default=[SERVER_AUTH, CLIENT_AUTH], description="Extended key usage OIDs.")
+    key_usages: list[str] = Field(
+        default=["digitalSignature", "keyEncipherment"], description="Key usage names as Key Vault spells them."
+    )
+    approval: Literal["auto", "manager", "deny"] = Field(
+        default="auto",
+        description="auto: issue at once; manager: hold for CA manager approval (pending); deny: refuse.",
+    )
+
+    @field_validator("oid")
+    @classmethod
+    def _oid_shape(cls, value: str | None) -> str | None:
+        if value is not None and not all(part.isdigit() for part in value.split(".")):
+            raise ValueError(f"template OID {value!r} is not a dotted OID")
+        return value
+
+    @field_validator("key_usages")
+    @classmethod
+    def _known_usages(cls, value: list[str]) -> list[str]:
+        unknown = [u for u in value if u not in KEY_USAGES]
+        if unknown:
+            raise ValueError(f"unknown key usage(s) {unknown}; known: {', '.join(KEY_USAGES)}")
+        return value
+
+    @property
+    def schema_version(self) -> int:
+        """1 for a v1 template (named in extension 20.2), 2 for v2+ (OID in extension 21.7)."""
+        return 1 if self.oid is None else 2
+
+
+class DevCASettings(_Model):
+    """The local development CA: a root and an issuing CA with AD CS-style templates."""
+
+    state_dir: Path | None = Field(default=None, description="Where the CA keeps its keys; default <state_dir>/devca.")
+    common_name: str = Field(default="certlc Dev Issuing CA", description="Issuing CA subject CN.")
+    templates: list[TemplateSpec] = Field(
+        default_factory=lambda: [
+            TemplateSpec(name="WebServer", validity_days=730, ekus=[SERVER_AUTH]),
+            TemplateSpec(
+                name="WebServerShort",
+                oid="1.3.6.1.4.1.311.21.8.7638725.13898300.1985460.3383425.7519116.119.16408497.1716615",
+                major=100,
+                minor=4,
+                validity_days=90,
+            ),
+        ],
+        description="Templates the dev CA can issue.",
+    )
+
+
+class CAProfile(_Model):
+    """How to reach one CA and how its templates are named."""
+
+    kind: str = Field(default="devca", description="Connector kind: devca (later adcs, acme, cfssl, stepca).")
+    endpoint: str | None = Field(default=None, description="The CA's URL or config string, where it has one.")
+    template_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="v2 template OID -> the template common name this CA expects. v1 names pass through.",
+    )
+    default_template: str | None = Field(
+        default=None, description="Template to use when a certificate names none (normally unset: refuse)."
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Connector-specific settings.")
+
+
+class VaultSettings(_Model):
+    """One Key Vault certlc manages."""
+
+    name: str = Field(description="Short name used on the command line and in flows.")
+    url: str = Field(description="Vault URL, e.g. https://myvault.vault.azure.net")
+    ca_profile: str = Field(default="default", description="CA profile used for this vault's certificates.")
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"vault url {value!r} must be an https:// URL (Key Vault refuses plain http)")
+        return value.rstrip("/")
+
+
+class AzureSettings(_Model):
+    """How every Azure SDK client is built (see certlc.clients)."""
+
+    ca_bundle: Path | None = Field(default=None, description="PEM bundle to trust for the vault's TLS.")
+    managed_identity_client_id: str | None = Field(
+        default=None, description="Client id of a user-assigned managed identity (the worker's principal)."
+    )
+    verify_challenge_resource: bool | None = Field(
+        default=None, description="Check the auth challenge's resource against the vault host; default: on, off only for loopback."
+    )
+
+
+class RenewalSettings(_Model):
+    """When a certificate is due and how renewals run (DESIGN §5)."""
+
+    renew_before_days: float = Field(default=30, gt=0, description="Renew when less than this many days are left...")
+    renew_before_fraction: float = Field(
+        default=1 / 3, gt=0, lt=1, description="...or less than this fraction of the lifetime, whichever is smaller."
+    )
+    concurrency: int = Field(default=4, ge=1, le=64, description="Renewals run at once by a sweep.")
+    template_tag: str = Field(default="Template", description="Tag naming the template when the certificate has no template extension.")
+    recipient_tag: str = Field(default="Recipient", description="Tag listing owners to notify.")
+    renew_before_tag: str = Field(default="RenewBeforeDays", description="Tag overriding renew_before_days for one certificate.")
+    skew_seconds: int = Field(default=600, ge=0, description="Tolerated clock skew for a not-yet-valid certificate.")
+
+
+class EmulatorSettings(_Model):
+    """The local Key Vault emulator (certlc emulator)."""
+
+    host: str = Field(default="127.0.0.1", description="Loopback address to listen on.")
+    port: int = Field(default=8443, ge=0, description="HTTPS port of the first vault; further vaults use the next ports. 0 = any free port.")
+    identity_port: int = Field(default=8442, ge=0, description="Port of the managed-identity token endpoint (plain http, loopback). 0 = any free port.")
+    vaults: list[str] = Field(default=["demo"], description="Names of the emulated vaults, one port each.")
+    principals: dict[str, str] = Field(
+        default={"worker": "00000000-0000-0000-0000-00000000a001", "agent": "00000000-0000-0000-0000-00000000a002"},
+        description="Managed identities the token endpoint serves: principal name -> client id. The first is the default.",
+    )
+    state_dir: Path | None = Field(default=None, description="Where vault state lives; default <state_dir>/emulator.")
+
+
+class Settings(BaseSettings):
+    """The root of certlc's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CERTLC_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    state_dir: Path = Field(default=Path(".certlc"), description="Local state: results, emulator, dev CA.")
+    vaults: list[VaultSettings] = Field(default_factory=list, description="The vaults certlc manages.")
+    ca_profiles: dict[str, CAProfile] = Field(
+        default_factory=lambda: {"default": CAProfile(kind="devca")}, description="CA profiles by name."
+    )
+    azure: AzureSettings = Field(default_factory=AzureSettings)
+    renewal: RenewalSettings = Field(default_factory=RenewalSettings)
+    devca: DevCASettings = Field(default_factory=DevCASettings)
+    emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
+    results_dir: Path | None = Field(default=None, description="Prefect result storage; default <state_dir>/results.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [v.name for v in self.vaults]
+        if len(names) != len(set(names)):
+            raise ValueError(f"vault names must be unique, got {names}")
+        for vault in self.vaults:
+            if vault.ca_profile not in self.ca_profiles:
+                raise ValueError(
+                    f"vault {vault.name!r} uses CA profile {vault.ca_profile!r}, "
+                    f"which is not defined (defined: {', '.join(sorted(self.ca_profiles)) or 'none'})"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings() merges file, environment and code itself (see _merge_build), so
+        # validation sees one dict: no source may add values behind its back.
+        return (init_settings,)
+
+    # Derived paths -------------------------------------------------------------------------
+    @property
+    def results_path(self) -> Path:
+        return (self.results_dir or self.state_dir / "results").resolve()
+
+    @property
+    def devca_path(self) -> Path:
+        return (self.devca.state_dir or self.state_dir / "devca").resolve()
+
+    @property
+    def emulator_path(self) -> Path:
+        return (self.emulator.state_dir or self.state_dir / "emulator").resolve()
+
+    def vault(self, name: str) -> VaultSettings:
+        """The configured vault called ``name`` (or whose URL is ``name``), else ConfigError."""
+        for vault in self.vaults:
+            if name in (vault.name, vault.url):
+                return vault
+        known = ", ".join(v.name for v in self.vaults) or "none"
+        raise ConfigError(f"vault {name!r} is not in the configuration (configured vaults: {known})",
+                          reason="VaultNotConfigured", vault=name)
+
+    def ca_profile_for(self, vault: VaultSettings) -> CAProfile:
+        return self.ca_profiles[vault.ca_profile]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", reason="ConfigUnreadable") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}", reason="ConfigUnreadable") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}", reason="ConfigUnreadable") from None
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read the configuration: ``path`` (or ``$CERTLC_CONFIG``), the environment, then ``overrides``.
+
+    Raises ConfigError with one line naming the problem when the file cannot be read or a value
+    is invalid.
+    """
+    if path is None and os.environ.get("CERTLC_CONFIG"):
+        path = os.environ["CERTLC_CONFIG"]
+    file_data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        file_data = _read_toml(path)
+        base = path.resolve().parent
+    try:
+        settings = _merge_build(file_data, overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation(exc, path), reason="ConfigInvalid") from None
+    return _anchor_paths(settings, base)
+
+
+def _merge_build(file_data: dict[str, Any], overrides: dict[str, Any]) -> Settings:
+    # pydantic-settings lays init values *over* the environment; we want code > env > file, so
+    # read the environment ourselves and deep-merge the three layers before validating once.
+    env_values = EnvSettingsSource(Settings)()
+    merged = _deep_merge(_deep_merge(file_data, env_values), overrides)
+    return Settings.model_validate(merged)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _anchor_paths(settings: Settings, base: Path) -> Settings:
+    """Relative paths in a config file are relative to the file, not to the current directory."""
+    if not settings.state_dir.is_absolute():
+        settings.state_dir = (base / settings.state_dir).resolve()
+    if settings.azure.ca_bundle is not None and not settings.azure.ca_bundle.is_absolute():
+        settings.azure.ca_bundle = (base / settings.azure.ca_bundle).resolve()
+    for attr in ("results_dir",):
+        value = getattr(settings, attr)
+        if value is not None and not value.is_absolute():
+            setattr(settings, attr, (base / value).resolve())
+    for group in (settings.devca, settings.emulator):
+        if group.state_dir is not None and not group.state_dir.is_absolute():
+            group.state_dir = (base / group.state_dir).resolve()
+    return settings
+
+
+def _describe_validation(exc: ValidationError, path: Path | None) -> str:
+    where = f"config file {path}" if path else "configuration"
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    return f"{where}: {loc}: {msg}{more}"
