@@ -59,7 +59,7 @@ def encode_template_name(name: str) -> bytes:
 def decode_template_name(der: bytes) -> str:
     """The v1 template name from extension 20.2 (BMPString, or MS-WCCE's SEQUENCE{UTF8String})."""
     try:
-        value, rest = decoder.decode(der)
+        value, _rest = decoder.decode(der)
     except PyAsn1Error as exc:
         raise InvalidInput(f"template name extension is not valid DER: {exc}", reason="TemplateUnreadable") from None
     if isinstance(value, univ.Sequence) and len(value) >= 1:
