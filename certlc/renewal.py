@@ -1,0 +1,103 @@
+"""The renewal's domain logic between the steps: which template, what to ask the CA, the outcome.
+
+Plain functions over plain data; the Prefect tasks in ``tasks/`` call these and add retry,
+caching and logging around them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from certlc.ca.base import SigningRequest
+from certlc.config import CAProfile, Settings
+from certlc.errors import ConfigError, InvalidInput
+from certlc.policy import is_due
+from certlc.vault import CertificateSnapshot, PendingCsr, parse_iso
+
+__all__ = ["Outcome", "due_status", "request_key", "resolve_template", "signing_request"]
+
+
+def resolve_template(snapshot: CertificateSnapshot, profile: CAProfile, settings: Settings) -> str:
+    """The template name (or OID) the CA expects for renewing ``snapshot``.
+
+    Order: the certificate's own template extension (v1 name passes through; a v2 OID is
+    mapped to the template's common name through the profile's ``template_map``, else sent as
+    the OID, which AD CS accepts too), then the ``Template`` tag, then the profile's default.
+    A certificate that names no template is refused: guessing one would issue the wrong thing.
+    """
+    template = snapshot.template or {}
+    if template.get("name"):
+        return str(template["name"])
+    if template.get("oid"):
+        oid = str(template["oid"])
+        return profile.template_map.get(oid, oid)
+    tagged = snapshot.tag(settings.renewal.template_tag)
+    if tagged and tagged.strip():
+        value = tagged.strip()
+        return profile.template_map.get(value, value)
+    if profile.default_template:
+        return profile.default_template
+    raise InvalidInput(
+        f"certificate {snapshot.name!r} in vault {snapshot.vault!r} has no template extension and no "
+        f"{settings.renewal.template_tag!r} tag, so certlc cannot tell which template to renew it with; "
+        f"add the tag (e.g. {settings.renewal.template_tag}=WebServer)",
+        reason="TemplateMissing", vault=snapshot.vault, certificate=snapshot.name,
+    )
+
+
+def request_key(snapshot: CertificateSnapshot, pending: PendingCsr) -> str:
+    """Deterministic identity of one CA submission: vault, certificate, version, KV request."""
+    return f"{snapshot.vault}/{snapshot.name}/{snapshot.version}/{pending.request_id}"
+
+
+def signing_request(snapshot: CertificateSnapshot, pending: PendingCsr, template: str) -> SigningRequest:
+    return SigningRequest(
+        csr_pem=pending.csr_pem,
+        template=template,
+        request_key=request_key(snapshot, pending),
+        vault=snapshot.vault,
+        certificate=snapshot.name,
+    )
+
+
+def due_status(snapshot: CertificateSnapshot, settings: Settings, now: dt.datetime | None = None) -> tuple[bool, str]:
+    due = is_due(parse_iso(snapshot.not_before), parse_iso(snapshot.not_after), settings.renewal,
+                 now=now, tags=snapshot.tags, enabled=snapshot.enabled)
+    return due.due, due.reason
+
+
+def require_known_profile(settings: Settings, name: str) -> CAProfile:
+    try:
+        return settings.ca_profiles[name]
+    except KeyError:
+        raise ConfigError(f"CA profile {name!r} is not defined", reason="CaProfileMissing") from None
+
+
+@dataclass
+class Outcome:
+    """What happened to one certificate: stable ``outcome`` + ``reason`` and a human message. JSON-able."""
+
+    vault: str
+    name: str
+    outcome: str  # Renewed | AlreadyRenewed | Pending | Denied | Failed | NotDue | Skipped
+    reason: str
+    message: str = ""
+    old_version: str | None = None
+    new_version: str | None = None
+    old_thumbprint: str | None = None
+    new_thumbprint: str | None = None
+    old_not_after: str | None = None
+    new_not_after: str | None = None
+    template: str | None = None
+    ca_request_id: str | None = None
+    kv_request_id: str | None = None
+    recipients: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        return cls(**data)

@@ -1,0 +1,392 @@
+"""Renewal operations over the Key Vault certificates client.
+
+Everything here takes an SDK ``CertificateClient`` (made by :mod:`certlc.clients`) and returns
+plain data. Azure SDK exceptions are turned into certlc's error classes in one place
+(:func:`azure_errors`): throttling, 5xx, network faults and conflicts are transient; the rest
+is terminal or bad input. The private key is never requested: Key Vault makes the CSR.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.keyvault.certificates import (
+    CertificateClient,
+    CertificatePolicy,
+    KeyCurveName,
+    KeyType,
+    WellKnownIssuerNames,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from certlc.errors import CertlcError, InvalidInput, TerminalError, TransientError
+from certlc.x509 import dns_a_label, key_info, san_strings, sha1_thumbprint, template_of
+
+__all__ = [
+    "CertificateSnapshot",
+    "CertificateSummary",
+    "MergeResult",
+    "PendingCsr",
+    "azure_errors",
+    "desired_sans",
+    "ensure_pending_csr",
+    "list_certificates",
+    "merge_issued",
+    "read_certificate",
+]
+
+_CURVES = {"secp256r1": KeyCurveName.p_256, "secp384r1": KeyCurveName.p_384, "secp521r1": KeyCurveName.p_521}
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def parse_iso(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+@contextlib.contextmanager
+def azure_errors(action: str, vault: str, name: str | None = None) -> Iterator[None]:
+    """Translate SDK exceptions raised while doing ``action`` into certlc's error classes."""
+    what = f"{action} ({vault}{'/' + name if name else ''})"
+    try:
+        yield
+    except CertlcError:
+        raise
+    except ResourceNotFoundError as exc:
+        raise InvalidInput(f"{what}: not found in the vault", reason="NotFound", vault=vault,
+                           certificate=name, status=exc.status_code) from None
+    except ClientAuthenticationError as exc:
+        raise TerminalError(f"{what}: the vault refused our identity ({exc.status_code})", reason="Unauthorized",
+                            vault=vault, certificate=name) from None
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise TransientError(f"{what}: vault unreachable: {type(exc).__name__}", reason="VaultUnreachable",
+                             vault=vault, certificate=name) from None
+    except HttpResponseError as exc:
+        status = exc.status_code or 0
+        code = getattr(getattr(exc, "error", None), "code", None) or ""
+        message = (getattr(getattr(exc, "error", None), "message", None) or exc.reason or "").strip()
+        text = f"{what}: vault answered {status} {code}: {message}".rstrip(": ")
+        if status in (408, 409, 429) or status >= 500:
+            retry_after = None
+            if exc.response is not None:
+                with contextlib.suppress(TypeError, ValueError):
+                    retry_after = float(exc.response.headers.get("Retry-After", ""))
+            raise TransientError(text, reason="VaultBusy" if status == 429 else "VaultTransient",
+                                 retry_after=retry_after, vault=vault, certificate=name, status=status) from None
+        if status == 403:
+            raise TerminalError(text, reason="Forbidden", vault=vault, certificate=name, status=status) from None
+        raise TerminalError(text, reason=code or "VaultRefused", vault=vault, certificate=name,
+                            status=status) from None
+
+
+@dataclass(frozen=True)
+class CertificateSnapshot:
+    """The current version of a certificate: what a renewal must reproduce. JSON-able."""
+
+    vault: str
+    name: str
+    version: str
+    thumbprint: str
+    subject: str
+    sans: list[str]
+    key: dict[str, Any]
+    ekus: list[str]
+    not_before: str
+    not_after: str
+    template: dict[str, Any] | None
+    tags: dict[str, str] = field(default_factory=dict)
+    enabled: bool = True
+    issuer: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CertificateSnapshot:
+        return cls(**data)
+
+    def tag(self, name: str) -> str | None:
+        """Tag value by case-insensitive name (Azure tags are case-insensitive)."""
+        for key, value in self.tags.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class CertificateSummary:
+    """A list entry: enough to decide whether the certificate is due, without fetching it."""
+
+    name: str
+    version: str | None
+    enabled: bool
+    not_before: dt.datetime | None
+    not_after: dt.datetime | None
+    tags: dict[str, str]
+    thumbprint: str | None
+
+
+@dataclass(frozen=True)
+class PendingCsr:
+    """Key Vault's pending operation for a new version: its request id and CSR (public data)."""
+
+    request_id: str
+    csr_pem: str
+    reused: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PendingCsr:
+        return cls(**data)
+
+
+def _snapshot(vault: str, name: str, version: str, cer: bytes, tags: dict[str, str] | None,
+              enabled: bool) -> CertificateSnapshot:
+    cert = x509.load_der_x509_certificate(cer)
+    try:
+        ekus = [o.dotted_string for o in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value]
+    except x509.ExtensionNotFound:
+        ekus = []
+    template = template_of(cert)
+    return CertificateSnapshot(
+        vault=vault,
+        name=name,
+        version=version,
+        thumbprint=sha1_thumbprint(cert),
+        subject=cert.subject.rfc4514_string(),
+        sans=san_strings(cert),
+        key=key_info(cert.public_key()),
+        ekus=ekus,
+        not_before=_iso(cert.not_valid_before_utc) or "",
+        not_after=_iso(cert.not_valid_after_utc) or "",
+        template=template.to_dict() if template else None,
+        tags=dict(tags or {}),
+        enabled=enabled,
+        issuer=cert.issuer.rfc4514_string(),
+    )
+
+
+def read_certificate(client: CertificateClient, vault: str, name: str) -> CertificateSnapshot:
+    """The latest version of ``name``; InvalidInput when it does not exist or holds no certificate."""
+    with azure_errors("read certificate", vault, name):
+        bundle = client.get_certificate(name)
+    if not bundle.cer or not bundle.properties.version:
+        raise InvalidInput(f"certificate {name!r} in vault {vault!r} has no issued version yet (only a pending one)",
+                           reason="NoIssuedVersion", vault=vault, certificate=name)
+    return _snapshot(vault, name, bundle.properties.version, bytes(bundle.cer), bundle.properties.tags,
+                     bool(bundle.properties.enabled))
+
+
+def list_certificates(client: CertificateClient, vault: str) -> list[CertificateSummary]:
+    """Every certificate in the vault (latest version's properties), paging through the list."""
+    out: list[CertificateSummary] = []
+    with azure_errors("list certificates", vault):
+        for props in client.list_properties_of_certificates():
+            out.append(CertificateSummary(
+                name=props.name or "",
+                version=props.version,
+                enabled=props.enabled is not False,
+                not_before=props.not_before,
+                not_after=props.expires_on,
+                tags=dict(props.tags or {}),
+                thumbprint=props.x509_thumbprint.hex().upper() if props.x509_thumbprint else None,
+            ))
+    return out
+
+
+# --- the CSR: what we intend, and whether Key Vault's pending one matches -----------------------
+
+def desired_sans(snapshot: CertificateSnapshot) -> dict[str, list[str]]:
+    """The SANs a renewal must carry, by Key Vault policy field: DNS names as A-labels, de-duplicated."""
+    kinds: dict[str, list[str]] = {"dns_names": [], "ip_addresses": [], "emails": [], "upns": [], "uris": []}
+    prefix_to_kind = {"DNS": "dns_names", "IP": "ip_addresses", "email": "emails", "UPN": "upns", "URI": "uris"}
+    for entry in snapshot.sans:
+        prefix, _, value = entry.partition(":")
+        kind = prefix_to_kind.get(prefix)
+        if kind is None:
+            continue  # other otherName types cannot be requested through a Key Vault policy
+        if kind == "dns_names":
+            value = dns_a_label(value)
+        if value not in kinds[kind]:
+            kinds[kind].append(value)
+    return kinds
+
+
+def _normalised_sans(strings: list[str]) -> set[str]:
+    out = set()
+    for entry in strings:
+        prefix, _, value = entry.partition(":")
+        if prefix == "DNS":
+            value = dns_a_label(value)
+        elif prefix == "email":
+            value = value.lower()
+        out.add(f"{prefix}:{value}")
+    return out
+
+
+def _expected_san_set(snapshot: CertificateSnapshot) -> set[str]:
+    names = {"dns_names": "DNS", "ip_addresses": "IP", "emails": "email", "upns": "UPN", "uris": "URI"}
+    return _normalised_sans([f"{names[k]}:{v}" for k, vs in desired_sans(snapshot).items() for v in vs])
+
+
+def csr_mismatch(csr: x509.CertificateSigningRequest, snapshot: CertificateSnapshot) -> str | None:
+    """Why a pending CSR does not fit this renewal, or None when it does."""
+    if csr.subject.rfc4514_string() != snapshot.subject:
+        return f"subject {csr.subject.rfc4514_string()!r} differs from {snapshot.subject!r}"
+    have = _normalised_sans(san_strings(csr))
+    want = _expected_san_set(snapshot)
+    if have != want:
+        return f"SANs differ (missing {sorted(want - have)}, extra {sorted(have - want)})"
+    k = key_info(csr.public_key())
+    if (k.get("type"), k.get("size"), k.get("curve")) != (
+        snapshot.key.get("type"), snapshot.key.get("size"), snapshot.key.get("curve")
+    ):
+        return f"key {k} differs from {snapshot.key}"
+    return None
+
+
+def _csr_pem(raw: bytes | str) -> str:
+    der = base64.b64decode(raw) if isinstance(raw, str) else bytes(raw)
+    csr = x509.load_der_x509_csr(der)
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def renewal_policy(client: CertificateClient, snapshot: CertificateSnapshot) -> CertificatePolicy:
+    """The stored policy, with the issuer set to Unknown and subject, SANs and key taken from the
+    current certificate (what servers use now), so the renewal reproduces it exactly."""
+    with azure_errors("read policy", snapshot.vault, snapshot.name):
+        policy = client.get_certificate_policy(snapshot.name)
+    sans = desired_sans(snapshot)
+    key = snapshot.key
+    key_type = KeyType.ec if key.get("type") == "EC" else KeyType.rsa
+    if policy.key_type in (KeyType.ec_hsm, KeyType.rsa_hsm):
+        key_type = KeyType.ec_hsm if key_type == KeyType.ec else KeyType.rsa_hsm
+    return CertificatePolicy(
+        issuer_name=WellKnownIssuerNames.unknown,
+        subject=snapshot.subject,
+        san_dns_names=sans["dns_names"] or None,
+        san_ip_addresses=sans["ip_addresses"] or None,
+        san_emails=sans["emails"] or None,
+        san_user_principal_names=sans["upns"] or None,
+        san_uris=sans["uris"] or None,
+        exportable=policy.exportable if policy.exportable is not None else True,
+        key_type=key_type,
+        key_size=key.get("size") if key_type in (KeyType.rsa, KeyType.rsa_hsm) else None,
+        key_curve_name=_CURVES.get(str(key.get("curve"))) if key_type in (KeyType.ec, KeyType.ec_hsm) else None,
+        reuse_key=policy.reuse_key,
+        enhanced_key_usage=policy.enhanced_key_usage or snapshot.ekus or None,
+        key_usage=policy.key_usage,
+        content_type=policy.content_type,
+        validity_in_months=policy.validity_in_months,
+        lifetime_actions=policy.lifetime_actions,
+        certificate_transparency=policy.certificate_transparency,
+    )
+
+
+def ensure_pending_csr(client: CertificateClient, snapshot: CertificateSnapshot) -> PendingCsr:
+    """Key Vault's pending CSR for renewing ``snapshot``: reuse ours if it exists, else create one.
+
+    A pending operation is reused only when its CSR asks for exactly what this renewal needs
+    (subject, SANs, key type and size); a stale one is deleted first. The key is generated
+    inside Key Vault and never leaves it.
+    """
+    vault, name = snapshot.vault, snapshot.name
+    operation = None
+    with contextlib.suppress(InvalidInput), azure_errors("read pending operation", vault, name):
+        operation = client.get_certificate_operation(name)
+    if operation is not None and (operation.status or "").lower() == "inprogress" and operation.csr:
+        csr = x509.load_der_x509_csr(bytes(operation.csr))
+        if (operation.issuer_name or "").lower() == "unknown" and csr_mismatch(csr, snapshot) is None:
+            return PendingCsr(request_id=operation.request_id or "", csr_pem=_csr_pem(bytes(operation.csr)),
+                              reused=True)
+        # Stale: made for another subject/SAN set/key, or by an issuer we do not drive.
+        with contextlib.suppress(InvalidInput), azure_errors("delete stale pending operation", vault, name):
+            client.delete_certificate_operation(name)
+    policy = renewal_policy(client, snapshot)
+    with azure_errors("create pending version", vault, name):
+        poller = client.begin_create_certificate(name, policy=policy, tags=snapshot.tags or None)
+        created = poller.result()
+    csr_raw = getattr(created, "csr", None)
+    request_id = getattr(created, "request_id", None) or ""
+    if not csr_raw:
+        raise TerminalError(f"create pending version ({vault}/{name}): Key Vault returned no CSR",
+                            reason="NoCsr", vault=vault, certificate=name)
+    return PendingCsr(request_id=request_id, csr_pem=_csr_pem(bytes(csr_raw)), reused=False)
+
+
+# --- merge ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MergeResult:
+    version: str
+    thumbprint: str
+    not_before: str
+    not_after: str
+    already_merged: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _public_key_der(obj: Any) -> bytes:
+    return obj.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _result_from_bundle(bundle: Any, already: bool) -> MergeResult:
+    cert = x509.load_der_x509_certificate(bytes(bundle.cer))
+    return MergeResult(
+        version=bundle.properties.version or "",
+        thumbprint=sha1_thumbprint(cert),
+        not_before=_iso(cert.not_valid_before_utc) or "",
+        not_after=_iso(cert.not_valid_after_utc) or "",
+        already_merged=already,
+    )
+
+
+def merge_issued(client: CertificateClient, snapshot: CertificateSnapshot, pending: PendingCsr,
+                 chain: list[x509.Certificate]) -> MergeResult:
+    """Merge the verified ``chain`` (leaf first) into the pending operation; re-apply the tags.
+
+    Idempotent: when the latest version already holds the pending key (a crash after the merge),
+    that version is returned and nothing is written.
+    """
+    vault, name = snapshot.vault, snapshot.name
+    csr = x509.load_pem_x509_csr(pending.csr_pem.encode())
+    operation = None
+    with contextlib.suppress(InvalidInput), azure_errors("read pending operation", vault, name):
+        operation = client.get_certificate_operation(name)
+    if operation is None or (operation.status or "").lower() != "inprogress":
+        with azure_errors("read certificate", vault, name):
+            latest = client.get_certificate(name)
+        if latest.cer and _public_key_der(x509.load_der_x509_certificate(bytes(latest.cer))) == _public_key_der(csr):
+            return _result_from_bundle(latest, already=True)
+        raise TerminalError(
+            f"merge ({vault}/{name}): the pending operation {pending.request_id} is gone and no version holds its key",
+            reason="PendingOperationMissing", vault=vault, certificate=name)
+    if pending.request_id and operation.request_id and operation.request_id != pending.request_id:
+        raise TerminalError(
+            f"merge ({vault}/{name}): the pending operation was replaced ({operation.request_id}), "
+            f"not merging a certificate issued for {pending.request_id}",
+            reason="PendingOperationReplaced", vault=vault, certificate=name)
+    der_chain = [c.public_bytes(serialization.Encoding.DER) for c in chain]
+    with azure_errors("merge", vault, name):
+        merged = client.merge_certificate(name, der_chain, tags=snapshot.tags or None)
+    return _result_from_bundle(merged, already=False)

@@ -1,0 +1,1 @@
+"""Prefect flows: renew one certificate, sweep the vaults."""

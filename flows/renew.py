@@ -1,0 +1,76 @@
+"""Renew one certificate: the seven steps of DESIGN §4, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from certlc.ca import Disposition, DispositionStatus
+from certlc.errors import CertlcError
+from certlc.renewal import Outcome
+from certlc.vault import CertificateSnapshot
+from tasks._policy import current_settings
+from tasks.create_csr import create_csr
+from tasks.fetch_event import fetch_event
+from tasks.log_outcome import log_outcome
+from tasks.merge import merge
+from tasks.notify import notify
+from tasks.read_certificate import read_certificate
+from tasks.submit_to_ca import retrieve_from_ca, submit_to_ca
+
+
+def _outcome_for(snapshot: CertificateSnapshot, template: str, pending: dict[str, Any],
+                 disposition: Disposition) -> Outcome:
+    base = Outcome(vault=snapshot.vault, name=snapshot.name, outcome="Pending", reason=disposition.reason,
+                   message=disposition.message, old_version=snapshot.version,
+                   old_thumbprint=snapshot.thumbprint, old_not_after=snapshot.not_after, template=template,
+                   ca_request_id=disposition.request_id, kv_request_id=pending["request_id"])
+    if disposition.status is DispositionStatus.DENIED:
+        base.outcome = "Denied"
+    return base
+
+
+@flow(name="renew-certificate", flow_run_name="renew-{vault}-{name}", validate_parameters=True)
+def renew_certificate(vault: str, name: str, event_id: str | None = None) -> dict[str, Any]:
+    """Renew certificate ``name`` in ``vault`` through its CA; returns the outcome as a dict."""
+    logger = get_run_logger()
+    snapshot: CertificateSnapshot | None = None
+    template: str | None = None
+    try:
+        request = fetch_event(vault, name, event_id)
+        current = read_certificate(request)
+        snapshot = CertificateSnapshot.from_dict(current["snapshot"])
+        template = current["template"]
+        pending = create_csr(current["snapshot"])
+        disposition = Disposition.from_dict(submit_to_ca(current["snapshot"], pending, template))
+        if disposition.status is DispositionStatus.PENDING:
+            # Held for a CA manager: ask again now (it may have been approved since the first
+            # submission); otherwise the next sweep asks again.
+            disposition = Disposition.from_dict(retrieve_from_ca(current["snapshot"], disposition.request_id))
+        if disposition.status is not DispositionStatus.ISSUED:
+            outcome = _outcome_for(snapshot, template, pending, disposition)
+        else:
+            merged = merge(current["snapshot"], pending, disposition.to_dict())
+            outcome = Outcome(
+                vault=snapshot.vault, name=snapshot.name,
+                outcome="AlreadyRenewed" if merged["already_merged"] else "Renewed",
+                reason="Issued", message=disposition.message, old_version=snapshot.version,
+                new_version=merged["version"], old_thumbprint=snapshot.thumbprint,
+                new_thumbprint=merged["thumbprint"], old_not_after=snapshot.not_after,
+                new_not_after=merged["not_after"], template=template, ca_request_id=disposition.request_id,
+                kv_request_id=pending["request_id"],
+            )
+    except CertlcError as exc:
+        logger.error("%s/%s: renewal failed (%s): %s", vault, name, exc.reason, exc.message)
+        outcome = Outcome(vault=vault, name=name, outcome="Failed", reason=exc.reason, message=exc.message,
+                          old_version=snapshot.version if snapshot else None,
+                          old_thumbprint=snapshot.thumbprint if snapshot else None,
+                          old_not_after=snapshot.not_after if snapshot else None, template=template)
+        if snapshot is not None:
+            notify(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
+        log_outcome(outcome.to_dict())
+        raise
+    notify(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
+    log_outcome(outcome.to_dict())
+    return outcome.to_dict()

@@ -1,0 +1,1 @@
+"""Prefect tasks: one module per renewal step, thin policy around calls into certlc."""

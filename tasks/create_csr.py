@@ -1,0 +1,27 @@
+"""Step 3: have Key Vault make the CSR (the key is generated inside the vault and stays there).
+
+Not cached by Prefect: the pending operation lives in Key Vault, and ensure_pending_csr reuses
+it when it matches, so a re-run after a crash finds the same CSR there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from certlc.clients import certificate_client
+from certlc.vault import CertificateSnapshot, ensure_pending_csr
+from tasks._policy import PERSIST, RETRY, current_settings
+
+
+@task(name="create-csr", cache_policy=None, **RETRY, **PERSIST)
+def create_csr(snapshot: dict[str, Any]) -> dict[str, Any]:
+    settings = current_settings()
+    snap = CertificateSnapshot.from_dict(snapshot)
+    pending = ensure_pending_csr(certificate_client(settings.vault(snap.vault), settings), snap)
+    get_run_logger().info(
+        "%s/%s: %s pending version (Key Vault request %s)", snap.vault, snap.name,
+        "reusing the" if pending.reused else "created a", pending.request_id,
+    )
+    return pending.to_dict()

@@ -1,0 +1,21 @@
+"""Step 2: read the current version and the template to renew it with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from certlc.clients import certificate_client
+from certlc.renewal import resolve_template
+from certlc.vault import read_certificate as read_snapshot
+from tasks._policy import PERSIST, RETRY, current_settings
+
+
+@task(name="read-certificate", cache_policy=None, **RETRY, **PERSIST)
+def read_certificate(request: dict[str, Any]) -> dict[str, Any]:
+    settings = current_settings()
+    vault = settings.vault(request["vault"])
+    snapshot = read_snapshot(certificate_client(vault, settings), vault.name, request["name"])
+    template = resolve_template(snapshot, settings.ca_profile_for(vault), settings)
+    return {"snapshot": snapshot.to_dict(), "template": template}
