@@ -1,0 +1,290 @@
+"""``certlc demo``: the main job end to end on the local stack.
+
+It starts the Key Vault emulator and a Prefect server on loopback, seeds a vault with
+certificates issued by the dev CA (two template styles, RSA and EC keys, SAN sets taken from
+real certificates in the field corpus, Recipient tags, lifetimes so that some are expired, some
+inside the renewal window and some not due), runs the sweep as a user would (``certlc sweep``),
+checks every promise (one new version per due certificate with the same subject, SANs, key and
+template and the expiry extended by the template's validity; nothing else touched; a second
+sweep renews nothing), and prints the result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from azure.keyvault.certificates import CertificateClient, CertificatePolicy, KeyCurveName, KeyType
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from certlc.ca.devca import DevCA
+from certlc.config import CLIENT_AUTH, SERVER_AUTH, Settings, TemplateSpec, load_settings
+from certlc.errors import CertlcError
+from certlc.stack import CLI, LocalStack, free_port, start_emulator, start_prefect_server
+from certlc.vault import desired_sans, read_certificate
+from certlc.x509 import dns_a_label, template_of
+
+__all__ = ["DEMO_CERTIFICATES", "DemoCertificate", "run_demo"]
+
+DAY = dt.timedelta(days=1)
+
+DEMO_TEMPLATES = [
+    TemplateSpec(name="WebServer", validity_days=730, ekus=[SERVER_AUTH]),
+    TemplateSpec(
+        name="WebServerShort",
+        oid="1.3.6.1.4.1.311.21.8.7638725.13898300.1985460.3383425.7519116.119.16408497.1716615",
+        major=100, minor=4, validity_days=90, ekus=[SERVER_AUTH, CLIENT_AUTH],
+    ),
+    # The AD CS "User" template: client authentication, secure e-mail and EFS; v1.
+    TemplateSpec(name="User", validity_days=365,
+                 ekus=["1.3.6.1.4.1.311.10.3.4", "1.3.6.1.5.5.7.3.4", CLIENT_AUTH],
+                 key_usages=["digitalSignature", "keyEncipherment"]),
+]
+
+
+@dataclass(frozen=True)
+class DemoCertificate:
+    name: str
+    subject: str
+    sans: dict[str, list[str]]  # Key Vault policy fields: dns_names, ip_addresses, emails, upns, uris
+    key: tuple[str, int | str]  # ("RSA", 2048) or ("EC", "P-256")
+    template: str
+    lifetime_days: int
+    remaining_days: float  # negative: already expired
+    recipients: str
+    source: str  # where the SAN set comes from
+
+
+# SAN sets are taken from real certificates in ../shared/corpus (named in ``source``). The IDN
+# set keeps the raw UTF-8 names next to their punycode forms, as the field certificate does; Key
+# Vault is asked for A-labels only, de-duplicated.
+DEMO_CERTIFICATES = [
+    DemoCertificate("web-stackoverflow", "CN=stackoverflow.com",
+                    {"dns_names": ["*.stackoverflow.com", "stackoverflow.com"]}, ("EC", "P-256"),
+                    "WebServerShort", 90, 12, "web-team@contoso.com; pki@contoso.com",
+                    "acme-le-stackoverflow-leaf-e8-chain.pem"),
+    DemoCertificate("idn-biztositas", "CN=partner.biztositas.hu,O=Biztositas Zrt,C=HU",
+                    {"dns_names": ["partner.biztositas.hu", "biztositas.hu", "*.biztositas.hu", "biztosítás.hu",
+                                   "*.biztosítás.hu", "xn--biztosts-fza2j.hu", "*.xn--biztosts-fza2j.hu"]},
+                    ("RSA", 2048), "WebServer", 730, -3, "hu-ops@contoso.com", "pyca-utf8-idn-dnsname.pem"),
+    DemoCertificate("user-cert-admin", "CN=cert_admin,OU=ADCS,DC=tombwatcher,DC=htb",
+                    {"upns": ["cert_admin@tombwatcher.htb"]}, ("RSA", 2048), "User", 365, 200,
+                    "identity@contoso.com", "certipy-user-template-nopass.pfx"),
+    DemoCertificate("cryptography-io", "CN=www.cryptography.io",
+                    {"dns_names": ["www.cryptography.io", "cryptography.io"]}, ("RSA", 4096), "WebServer",
+                    730, 400, "docs@contoso.com", "pyca-chain-with-garbage.pem"),
+    DemoCertificate("sub-cryptography-io", "CN=cryptography.io,O=My Organization,C=US",
+                    {"dns_names": ["cryptography.io", "sub.cryptography.io"]}, ("RSA", 3072), "WebServer",
+                    730, 20, "docs@contoso.com,docs@contoso.com", "pyca-csr-san-rsa.pem"),
+    DemoCertificate("intranet-ip", "CN=intranet.contoso.local,O=Contoso",
+                    {"dns_names": ["intranet.contoso.local"], "ip_addresses": ["10.20.30.40", "2001:db8::40"]},
+                    ("EC", "P-384"), "WebServerShort", 90, 5, "netops@contoso.com",
+                    "IP SANs as AD CS web-server certificates for intranet hosts carry them"),
+    DemoCertificate("api-gateway", "CN=api.contoso.com,O=Contoso,C=US",
+                    {"dns_names": ["api.contoso.com", "api-internal.contoso.com"],
+                     "uris": ["spiffe://contoso.com/gateway"], "emails": ["api-owners@contoso.com"]},
+                    ("EC", "P-521"), "WebServerShort", 90, 75, "api@contoso.com", "URI/e-mail SAN set"),
+    DemoCertificate("legacy-expired", "CN=legacy.contoso.com",
+                    {"dns_names": ["legacy.contoso.com", "www.legacy.contoso.com"]}, ("RSA", 2048),
+                    "WebServer", 730, -40, "legacy@contoso.com", "acme-le-stackoverflow-leaf-e8-chain.pem shape"),
+    DemoCertificate("not-due-soon", "CN=portal.contoso.com",
+                    {"dns_names": ["portal.contoso.com"]}, ("EC", "P-256"), "WebServerShort", 90, 45,
+                    "portal@contoso.com", "single-name web server"),
+]
+
+_CURVES = {"P-256": KeyCurveName.p_256, "P-384": KeyCurveName.p_384, "P-521": KeyCurveName.p_521}
+
+
+def _policy(spec: DemoCertificate) -> CertificatePolicy:
+    kty, param = spec.key
+    return CertificatePolicy(
+        issuer_name="Unknown",
+        subject=spec.subject,
+        # Key Vault is asked for A-labels only, de-duplicated (the IDN set lists names twice).
+        san_dns_names=list(dict.fromkeys(dns_a_label(n) for n in spec.sans["dns_names"])) if spec.sans.get("dns_names") else None,
+        san_ip_addresses=spec.sans.get("ip_addresses"),
+        san_emails=spec.sans.get("emails"),
+        san_user_principal_names=spec.sans.get("upns"),
+        san_uris=spec.sans.get("uris"),
+        key_type=KeyType.ec if kty == "EC" else KeyType.rsa,
+        key_size=int(param) if kty == "RSA" else None,
+        key_curve_name=_CURVES[str(param)] if kty == "EC" else None,
+        exportable=True,
+        content_type="application/x-pkcs12",
+        validity_in_months=12,
+    )
+
+
+def seed(client: CertificateClient, ca: DevCA, now: dt.datetime) -> None:
+    """Create each demo certificate: Key Vault makes key and CSR, the dev CA signs, we merge."""
+    for spec in DEMO_CERTIFICATES:
+        policy = _policy(spec)
+        operation = client.begin_create_certificate(spec.name, policy=policy,
+                                                    tags={"Recipient": spec.recipients}).result()
+        csr = x509.load_der_x509_csr(bytes(operation.csr))
+        template = ca.template(spec.template)
+        assert template is not None
+        not_after = now + dt.timedelta(days=spec.remaining_days)
+        not_before = not_after - dt.timedelta(days=spec.lifetime_days)
+        cert = ca.sign(csr, template, not_before=not_before, not_after=not_after)
+        chain = [c.public_bytes(Encoding.DER) for c in [cert, *ca.chain]]
+        client.merge_certificate(spec.name, chain, tags={"Recipient": spec.recipients})
+
+
+def _versions(client: CertificateClient, name: str) -> int:
+    return sum(1 for _ in client.list_properties_of_certificate_versions(name))
+
+
+def _state(client: CertificateClient, name: str) -> dict[str, Any]:
+    snap = read_certificate(client, "demo", name)
+    bundle = client.get_certificate(name)
+    cert = x509.load_der_x509_certificate(bytes(bundle.cer))
+    tmpl = template_of(cert)
+    return {
+        "snapshot": snap,
+        "versions": _versions(client, name),
+        "template": tmpl.to_dict() if tmpl else None,
+        "sans": sorted(f"{k}:{v}" for k, vs in desired_sans(snap).items() for v in vs),
+    }
+
+
+def _write_config(state: Path, vault_port: int, identity_port: int) -> Path:
+    templates = "\n".join(
+        "[[devca.templates]]\n" + "\n".join(
+            f"{k} = {json.dumps(v)}" for k, v in t.model_dump(exclude_none=True).items()
+        ) for t in DEMO_TEMPLATES
+    )
+    text = f"""# Written by `certlc demo`: the local stack's configuration.
+state_dir = {json.dumps(str(state))}
+
+[[vaults]]
+name = "demo"
+url = "https://localhost:{vault_port}"
+ca_profile = "devca"
+
+[ca_profiles.devca]
+kind = "devca"
+
+[azure]
+ca_bundle = {json.dumps(str(state / "emulator" / "tls" / "ca.pem"))}
+managed_identity_client_id = "00000000-0000-0000-0000-00000000a001"
+
+[renewal]
+concurrency = 4
+
+[emulator]
+port = {vault_port}
+identity_port = {identity_port}
+vaults = ["demo"]
+
+{templates}
+"""
+    path = state / "certlc.toml"
+    path.write_text(text)
+    return path
+
+
+def run_demo(state: Path, *, progress: Any = print) -> dict[str, Any]:
+    """Run the whole demo in ``state``; returns the report (see ``certlc demo --json``)."""
+    state = state.resolve()
+    for part in ("emulator", "devca", "results"):
+        shutil.rmtree(state / part, ignore_errors=True)
+    state.mkdir(parents=True, exist_ok=True)
+    config = _write_config(state, free_port(), free_port())
+    settings: Settings = load_settings(config)
+    stack = LocalStack()
+    try:
+        progress("starting the Key Vault emulator ...")
+        emu, endpoints = start_emulator(config, settings.emulator_path, state / "logs" / "emulator.log")
+        stack.processes.append(emu)
+        env = {"IDENTITY_ENDPOINT": endpoints["identity_endpoint"], "IDENTITY_HEADER": endpoints["identity_header"]}
+        if os.environ.get("PREFECT_API_URL"):
+            api = os.environ["PREFECT_API_URL"]
+            progress(f"using the Prefect server at {api}")
+        else:
+            progress("starting a Prefect server (SQLite) ...")
+            server, api = start_prefect_server(state / "prefect", state / "logs" / "prefect-server.log")
+            stack.processes.append(server)
+        env.update({"PREFECT_API_URL": api, "PREFECT_HOME": str(state / "prefect")})
+        os.environ.update(env)  # the demo's own SDK clients use the worker identity too
+
+        from certlc.clients import certificate_client, reset_clients
+
+        reset_clients()
+        client = certificate_client(settings.vault("demo"), settings)
+        ca = DevCA(settings.devca_path, settings.devca.templates, settings.devca.common_name)
+        now = dt.datetime.now(dt.UTC)
+        progress(f"seeding vault 'demo' with {len(DEMO_CERTIFICATES)} certificates from the dev CA ...")
+        seed(client, ca, now)
+        before = {spec.name: _state(client, spec.name) for spec in DEMO_CERTIFICATES}
+
+        progress("running the sweep (certlc sweep) ...")
+        first = _sweep(config, env, state / "logs" / "sweep-1.log")
+        after = {spec.name: _state(client, spec.name) for spec in DEMO_CERTIFICATES}
+        progress("running the sweep again: nothing should be due ...")
+        second = _sweep(config, env, state / "logs" / "sweep-2.log")
+        final = {spec.name: _state(client, spec.name)["versions"] for spec in DEMO_CERTIFICATES}
+        return _report(before, after, final, first, second, ca, api)
+    finally:
+        stack.stop()
+
+
+def _sweep(config: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
+    with log.open("wb") as err:
+        proc = subprocess.run([*CLI, "sweep", "--config", str(config), "--json"], stdout=subprocess.PIPE,
+                              stderr=err, env={**os.environ, **env}, timeout=1800, check=False)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise CertlcError(f"the sweep failed (exit {proc.returncode}); see {log}", reason="SweepFailed") from None
+
+
+def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int], first: dict[str, Any],
+            second: dict[str, Any], ca: DevCA, api: str) -> dict[str, Any]:
+    due = {row["name"]: row["due"] for row in first["certificates"]}
+    outcome = {row["name"]: row["outcome"] for row in first["certificates"]}
+    rows = []
+    now = dt.datetime.now(dt.UTC)
+    for spec in DEMO_CERTIFICATES:
+        old, new = before[spec.name], after[spec.name]
+        o, n = old["snapshot"], new["snapshot"]
+        renewed = new["versions"] == old["versions"] + 1 and n.thumbprint != o.thumbprint
+        template = ca.template(spec.template)
+        validity = dt.timedelta(days=template.validity_days) if template else dt.timedelta(0)
+        new_after = dt.datetime.fromisoformat(n.not_after.replace("Z", "+00:00"))
+        rows.append({
+            "name": spec.name,
+            "template": spec.template,
+            "due": bool(due.get(spec.name)),
+            "renewed": renewed,
+            "outcome": outcome.get(spec.name, "Missing"),
+            "old_thumbprint": o.thumbprint,
+            "new_thumbprint": n.thumbprint,
+            "old_not_after": o.not_after,
+            "new_not_after": n.not_after,
+            "sans": new["sans"],
+            "sans_kept": new["sans"] == old["sans"] and n.subject == o.subject,
+            "template_kept": new["template"] == old["template"],
+            "key_kept": n.key == o.key,
+            # The CA sets notAfter = issue time + the template's validity; the sweep ran minutes ago.
+            "expiry_extended_by_template": renewed and abs((new_after - now) - validity) < dt.timedelta(hours=1),
+            "versions_before": old["versions"],
+            "versions_after": new["versions"],
+            "versions_after_second_sweep": final[spec.name],
+        })
+    second_renewed = [r["name"] for r in second.get("results", []) if r.get("outcome") in ("Renewed",)]
+    ok = all(
+        (r["renewed"] and r["sans_kept"] and r["template_kept"] and r["key_kept"] and r["expiry_extended_by_template"]
+         and r["versions_after"] == r["versions_before"] + 1)
+        if r["due"] else (not r["renewed"] and r["versions_after"] == r["versions_before"])
+        for r in rows
+    ) and not second_renewed and all(r["versions_after_second_sweep"] == r["versions_after"] for r in rows) \
+        and any(r["due"] for r in rows) and any(not r["due"] for r in rows)
+    return {"ok": ok, "prefect_api": api, "second_sweep_renewed": second_renewed, "certificates": rows}
