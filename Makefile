@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Both do all setup themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test unit e2e lint venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "certlc needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+demo: venv
+	$(BIN)/certlc demo
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+e2e: venv
+	$(BIN)/pytest tests/e2e
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .certlc .pytest_cache test-artifacts
