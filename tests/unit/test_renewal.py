@@ -1,0 +1,145 @@
+"""Domain logic between the steps: template choice, intended CSR, verifying what the CA returned."""
+
+import datetime as dt
+import ipaddress
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from certlc.ca.devca import DevCA
+from certlc.config import CAProfile, TemplateSpec, load_settings
+from certlc.errors import InvalidInput, TerminalError
+from certlc.renewal import resolve_template
+from certlc.vault import CertificateSnapshot, _snapshot, csr_mismatch, desired_sans
+from certlc.verify import verify_issued
+
+PEM = serialization.Encoding.PEM
+SETTINGS = load_settings()
+OID = "1.3.6.1.4.1.311.21.8.5.6.7"
+
+
+def snapshot(**kw) -> CertificateSnapshot:
+    base = dict(vault="v", name="c", version="1", thumbprint="AA", subject="CN=a.example", sans=["DNS:a.example"],
+                key={"type": "EC", "size": 256, "curve": "secp256r1"}, ekus=[], not_before="2026-01-01T00:00:00Z",
+                not_after="2026-12-31T00:00:00Z", template=None, tags={})
+    base.update(kw)
+    return CertificateSnapshot(**base)
+
+
+@pytest.mark.parametrize(
+    ("template", "tags", "profile", "expected"),
+    [
+        pytest.param({"name": "WebServer"}, {}, CAProfile(), "WebServer", id="a v1 name passes through"),
+        pytest.param({"oid": OID, "major": 1}, {}, CAProfile(template_map={OID: "WebServerV2"}), "WebServerV2",
+                     id="a v2 OID maps to the template's common name"),
+        pytest.param({"oid": OID}, {}, CAProfile(), OID, id="an unmapped v2 OID is sent as the OID"),
+        pytest.param(None, {"template": " Legacy "}, CAProfile(), "Legacy", id="the Template tag, any case"),
+        pytest.param({"name": "WebServer"}, {"Template": "Other"}, CAProfile(), "WebServer",
+                     id="the certificate's own template wins over the tag"),
+        pytest.param(None, {}, CAProfile(default_template="Fallback"), "Fallback", id="a profile default"),
+    ],
+)
+def test_template_resolution(template, tags, profile, expected) -> None:
+    assert resolve_template(snapshot(template=template, tags=tags), profile, SETTINGS) == expected
+
+
+def test_no_template_and_no_tag_is_refused_with_a_hint() -> None:
+    with pytest.raises(InvalidInput, match="no template extension and no 'Template' tag") as info:
+        resolve_template(snapshot(), CAProfile(), SETTINGS)
+    assert info.value.reason == "TemplateMissing"
+
+
+def test_desired_sans_are_a_labels_without_duplicates_and_keep_every_kind() -> None:
+    snap = snapshot(sans=["DNS:biztosítás.hu", "DNS:xn--biztosts-fza2j.hu", "DNS:*.Biztosítás.hu", "IP:10.0.0.1",
+                          "UPN:u@corp.example", "email:a@corp.example", "URI:spiffe://corp/x"])
+    assert desired_sans(snap) == {
+        "dns_names": ["xn--biztosts-fza2j.hu", "*.xn--biztosts-fza2j.hu"],
+        "ip_addresses": ["10.0.0.1"], "emails": ["a@corp.example"], "upns": ["u@corp.example"],
+        "uris": ["spiffe://corp/x"],
+    }
+
+
+def make_csr(key, cn: str, names: list[x509.GeneralName]) -> x509.CertificateSigningRequest:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+def test_a_pending_csr_matches_only_the_same_subject_sans_and_key() -> None:
+    snap = snapshot(sans=["DNS:a.example", "IP:10.0.0.1"])
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName("a.example"), x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]
+    assert csr_mismatch(make_csr(ec_key, "a.example", names), snap) is None
+    assert "subject" in csr_mismatch(make_csr(ec_key, "b.example", names), snap)
+    assert "SANs differ" in csr_mismatch(make_csr(ec_key, "a.example", names[:1]), snap)
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert "key" in csr_mismatch(make_csr(rsa_key, "a.example", names), snap)
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory) -> DevCA:
+    return DevCA(tmp_path_factory.mktemp("ca"), [TemplateSpec(name="WebServer", validity_days=90)])
+
+
+def issue(ca: DevCA, csr, **kw) -> tuple[str, list[str]]:
+    cert = ca.sign(csr, ca.templates[0], **kw)
+    return cert.public_bytes(PEM).decode(), [c.public_bytes(PEM).decode() for c in ca.chain]
+
+
+def test_verify_orders_the_chain_leaf_first_whatever_order_the_ca_used(ca: DevCA) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = make_csr(key, "a.example", [x509.DNSName("a.example")])
+    leaf, chain = issue(ca, csr)
+    old = _snapshot("v", "c", "1", x509.load_pem_x509_certificate(leaf.encode()).public_bytes(
+        serialization.Encoding.DER), {}, True)
+    csr_text = csr.public_bytes(PEM).decode()
+    # AD CS returns bundles in any order: give the root first and the leaf last.
+    ordered = verify_issued(chain[1], [chain[0], leaf], csr_text, old)
+    assert [c.subject.rfc4514_string() for c in ordered] == [
+        "CN=a.example", ca.chain[0].subject.rfc4514_string(), ca.chain[1].subject.rfc4514_string()]
+
+
+def test_verify_refuses_a_certificate_for_another_key(ca: DevCA) -> None:
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), "a.example", [x509.DNSName("a.example")])
+    other = make_csr(ec.generate_private_key(ec.SECP256R1()), "a.example", [x509.DNSName("a.example")])
+    leaf, chain = issue(ca, other)
+    with pytest.raises(TerminalError) as info:
+        verify_issued(leaf, chain, csr.public_bytes(PEM).decode(), snapshot())
+    assert info.value.reason == "PublicKeyMismatch"
+
+
+def test_verify_refuses_lost_sans_wrong_subject_and_expired(ca: DevCA) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    snap = snapshot(sans=["DNS:a.example", "DNS:b.example"])
+    csr = make_csr(key, "a.example", [x509.DNSName("a.example")])
+    leaf, chain = issue(ca, csr)
+    with pytest.raises(TerminalError, match="lacks SANs") as info:
+        verify_issued(leaf, chain, csr.public_bytes(PEM).decode(), snap)
+    assert info.value.reason == "SanMismatch"
+    csr2 = make_csr(key, "z.example", [x509.DNSName("a.example")])
+    leaf, chain = issue(ca, csr2)
+    with pytest.raises(TerminalError) as info:
+        verify_issued(leaf, chain, csr2.public_bytes(PEM).decode(), snapshot())
+    assert info.value.reason == "SubjectMismatch"
+    now = dt.datetime.now(dt.UTC)
+    leaf, chain = issue(ca, csr, not_before=now - dt.timedelta(days=10), not_after=now - dt.timedelta(days=1))
+    with pytest.raises(TerminalError) as info:
+        verify_issued(leaf, chain, csr.public_bytes(PEM).decode(), snapshot())
+    assert info.value.reason == "IssuedExpired"
+    leaf, chain = issue(ca, csr, not_before=now + dt.timedelta(hours=2), not_after=now + dt.timedelta(days=9))
+    with pytest.raises(TerminalError) as info:
+        verify_issued(leaf, chain, csr.public_bytes(PEM).decode(), snapshot())
+    assert info.value.reason == "IssuedNotYetValid"
+
+
+def test_verify_refuses_garbage_from_the_ca(tmp_path: Path) -> None:
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), "a.example", [])
+    with pytest.raises(TerminalError) as info:
+        verify_issued("<html>Disposition message: denied</html>", [], csr.public_bytes(PEM).decode(), snapshot())
+    assert info.value.reason == "CertificateUnreadable"
