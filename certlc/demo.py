@@ -31,7 +31,7 @@ from certlc.stack import CLI, LocalStack, free_port, start_emulator, start_prefe
 from certlc.vault import desired_sans, read_certificate
 from certlc.x509 import dns_a_label, template_of
 
-__all__ = ["DEMO_CERTIFICATES", "DemoCertificate", "run_demo"]
+__all__ = ["DEMO_CERTIFICATES", "DEMO_TEMPLATES", "DemoCertificate", "run_demo", "write_config"]
 
 DAY = dt.timedelta(days=1)
 
@@ -155,11 +155,13 @@ def _state(client: CertificateClient, name: str) -> dict[str, Any]:
     }
 
 
-def _write_config(state: Path, vault_port: int, identity_port: int) -> Path:
+def write_config(state: Path, vault_port: int, identity_port: int,
+                 templates_spec: list[TemplateSpec] = DEMO_TEMPLATES) -> Path:
+    """Write the local stack's certlc.toml into ``state``: one vault 'demo' on the emulator, the dev CA."""
     templates = "\n".join(
         "[[devca.templates]]\n" + "\n".join(
             f"{k} = {json.dumps(v)}" for k, v in t.model_dump(exclude_none=True).items()
-        ) for t in DEMO_TEMPLATES
+        ) for t in templates_spec
     )
     text = f"""# Written by `certlc demo`: the local stack's configuration.
 state_dir = {json.dumps(str(state))}
@@ -197,7 +199,7 @@ def run_demo(state: Path, *, progress: Any = print) -> dict[str, Any]:
     for part in ("emulator", "devca", "results"):
         shutil.rmtree(state / part, ignore_errors=True)
     state.mkdir(parents=True, exist_ok=True)
-    config = _write_config(state, free_port(), free_port())
+    config = write_config(state, free_port(), free_port())
     settings: Settings = load_settings(config)
     stack = LocalStack()
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -46,7 +47,20 @@ __all__ = [
     "list_certificates",
     "merge_issued",
     "read_certificate",
+    "validate_name",
 ]
+
+# Key Vault's rule for certificate names (create and import).
+_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+
+
+def validate_name(name: str, vault: str = "") -> str:
+    """``name`` if Key Vault could hold a certificate by that name, else InvalidInput."""
+    if not _NAME.match(name):
+        raise InvalidInput(f"{name!r} is not a Key Vault certificate name (1-127 letters, digits and '-')",
+                           reason="NameInvalid", vault=vault, certificate=name)
+    return name
+
 
 _CURVES = {"secp256r1": KeyCurveName.p_256, "secp384r1": KeyCurveName.p_384, "secp521r1": KeyCurveName.p_521}
 

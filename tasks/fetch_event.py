@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from prefect import task
 
-from certlc.errors import InvalidInput
+from certlc.vault import validate_name
 from tasks._policy import PERSIST, current_settings
-
-_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 
 
 @task(name="fetch-event", cache_policy=None, **PERSIST)
@@ -17,7 +13,5 @@ def fetch_event(vault: str, name: str, event_id: str | None = None) -> dict[str,
     """The renewal request as plain data; refuses unknown vaults without contacting them."""
     settings = current_settings()
     configured = settings.vault(vault)  # ConfigError (an InvalidInput) names the configured vaults
-    if not _NAME.match(name):
-        raise InvalidInput(f"{name!r} is not a Key Vault certificate name (letters, digits and '-')",
-                           reason="NameInvalid", vault=vault)
+    validate_name(name, vault)
     return {"vault": configured.name, "vault_url": configured.url, "name": name, "event_id": event_id}

@@ -41,10 +41,11 @@ def renew(
     # Preflight, read-only: refuse bad input with one line before any flow run starts.
     from certlc.clients import certificate_client
     from certlc.renewal import resolve_template
-    from certlc.vault import read_certificate
+    from certlc.vault import read_certificate, validate_name
 
     try:
         configured = settings.vault(vault)
+        validate_name(name, vault)
         snapshot = read_certificate(certificate_client(configured, settings), configured.name, name)
         resolve_template(snapshot, settings.ca_profile_for(configured), settings)
     except CertlcError as exc:
