@@ -1,0 +1,3 @@
+from certlc.cli import main
+
+main()
