@@ -21,6 +21,9 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 from certlc.errors import ConfigError
 
 __all__ = [
+    "CLIENT_AUTH",
+    "KEY_USAGES",
+    "SERVER_AUTH",
     "AzureSettings",
     "CAProfile",
     "DevCASettings",

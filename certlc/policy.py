@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from certlc.config import RenewalSettings
 
-__all__ = ["Due", "is_due", "renew_before"]
+__all__ = [
+    "MAX_WINDOW_FRACTION",
+    "Due",
+    "is_due",
+    "renew_before",
+]
 
 MAX_WINDOW_FRACTION = 0.5
 

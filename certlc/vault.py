@@ -42,11 +42,14 @@ __all__ = [
     "MergeResult",
     "PendingCsr",
     "azure_errors",
+    "csr_mismatch",
     "desired_sans",
     "ensure_pending_csr",
     "list_certificates",
     "merge_issued",
+    "parse_iso",
     "read_certificate",
+    "renewal_policy",
     "validate_name",
 ]
 
