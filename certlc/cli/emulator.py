@@ -1,0 +1,93 @@
+"""``certlc emulator``: run the local Key Vault emulator in the foreground."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+from cyclopts import Parameter
+
+from certlc.cli._app import exit_with_error
+from certlc.errors import CertlcError
+
+__all__ = ["emulator"]
+
+
+def emulator(
+    *,
+    config: Path | None = None,
+    state_dir: Path | None = None,
+    port: int | None = None,
+    identity_port: int | None = None,
+    vault: Annotated[list[str] | None, Parameter(consume_multiple=True, negative=())] = None,
+) -> None:
+    """Run the local Key Vault emulator until Ctrl-C or SIGTERM.
+
+    Serves the Key Vault certificates/secrets API over HTTPS (one port per vault) and a
+    managed-identity token endpoint, and writes STATE_DIR/endpoints.json when ready.
+
+    Parameters
+    ----------
+    config
+        certlc TOML configuration file (default: $CERTLC_CONFIG, else built-in defaults).
+    state_dir
+        Where the emulator keeps its state (default: emulator.state_dir from the config, else STATE_DIR/emulator).
+    port
+        HTTPS port of the first vault; further vaults use the next ports. 0 = any free ports.
+    identity_port
+        Port of the managed-identity endpoint (plain http on loopback). 0 = any free port.
+    vault
+        Names of the vaults to emulate (repeat or list several), replacing emulator.vaults.
+    """
+    # Heavy imports (uvicorn, cryptography, the settings tree) only when the command runs.
+    from certlc.config import load_settings
+    from certlc.emulator import start_in_thread
+
+    overrides: dict[str, Any] = {}
+    if port is not None:
+        overrides["port"] = port
+    if identity_port is not None:
+        overrides["identity_port"] = identity_port
+    if vault:
+        overrides["vaults"] = vault
+    try:
+        settings = load_settings(config, **({"emulator": overrides} if overrides else {}))
+        path = state_dir.resolve() if state_dir is not None else settings.emulator_path
+        handle = start_in_thread(settings.emulator, path)
+    except CertlcError as exc:
+        exit_with_error(str(exc))
+    except OSError as exc:
+        exit_with_error(f"the emulator cannot use its state directory: {exc}")
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _print_endpoints(handle.endpoints, path)
+        # A timed wait keeps the main thread responsive to signals on every platform.
+        while not stop.wait(0.5):
+            pass
+    finally:
+        print("certlc emulator: stopping", flush=True)
+        handle.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_endpoints(endpoints: Any, state_dir: Path) -> None:
+    lines = [f"certlc emulator: running (state: {state_dir})"]
+    lines += [f"  vault {name}: {url}" for name, url in endpoints.vault_urls.items()]
+    lines += [
+        f"  identity endpoint: {endpoints.identity_endpoint}",
+        f"  CA bundle: {endpoints.ca_bundle}",
+        "  principals: " + ", ".join(f"{n} (client id {c})" for n, c in endpoints.principals.items()),
+        "Set for clients (DefaultAzureCredential uses the managed identity):",
+        f"  IDENTITY_ENDPOINT={endpoints.identity_endpoint}",
+        f"  IDENTITY_HEADER=<the identity_header value in {state_dir / 'endpoints.json'}>",
+        "  AZURE_CLIENT_ID=<a principal's client id>   (or managed_identity_client_id=...)",
+        f"  REQUESTS_CA_BUNDLE={endpoints.ca_bundle}   (or connection_verify=... on each client)",
+        "  and verify_challenge_resource=False on CertificateClient/SecretClient (the vault is https://localhost).",
+        "Press Ctrl-C to stop.",
+    ]
+    print("\n".join(lines), flush=True)
