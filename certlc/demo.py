@@ -233,7 +233,7 @@ def run_demo(state: Path, *, progress: Any = print) -> dict[str, Any]:
         progress("running the sweep again: nothing should be due ...")
         second = _sweep(config, env, state / "logs" / "sweep-2.log")
         final = {spec.name: _state(client, spec.name)["versions"] for spec in DEMO_CERTIFICATES}
-        return _report(before, after, final, first, second, ca, api)
+        return _report(before, after, final, first, second, ca, api, state / "logs")
     finally:
         stack.stop()
 
@@ -249,7 +249,7 @@ def _sweep(config: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
 
 
 def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int], first: dict[str, Any],
-            second: dict[str, Any], ca: DevCA, api: str) -> dict[str, Any]:
+            second: dict[str, Any], ca: DevCA, api: str, logs: Path) -> dict[str, Any]:
     due = {row["name"]: row["due"] for row in first["certificates"]}
     outcome = {row["name"]: row["outcome"] for row in first["certificates"]}
     rows = []
@@ -264,6 +264,7 @@ def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int]
         rows.append({
             "name": spec.name,
             "template": spec.template,
+            "key": f"{n.key['type']} {n.key.get('curve') or n.key.get('size')}",
             "due": bool(due.get(spec.name)),
             "renewed": renewed,
             "outcome": outcome.get(spec.name, "Missing"),
@@ -289,4 +290,5 @@ def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int]
         for r in rows
     ) and not second_renewed and all(r["versions_after_second_sweep"] == r["versions_after"] for r in rows) \
         and any(r["due"] for r in rows) and any(not r["due"] for r in rows)
-    return {"ok": ok, "prefect_api": api, "second_sweep_renewed": second_renewed, "certificates": rows}
+    return {"ok": ok, "prefect_api": api, "second_sweep_renewed": second_renewed, "certificates": rows,
+            "logs": str(logs)}

@@ -37,7 +37,8 @@ def demo(
         exit_with_error(exc.message, 1)
     if json_output:
         print(json.dumps({"certificates": report["certificates"], "ok": report["ok"],
-                          "second_sweep_renewed": report["second_sweep_renewed"]}, indent=2))
+                          "second_sweep_renewed": report["second_sweep_renewed"], "logs": report["logs"]},
+                         indent=2))
     else:
         _print_table(report)
     raise SystemExit(0 if report["ok"] else 1)
@@ -47,18 +48,21 @@ def _print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="certlc demo: vault 'demo'", show_lines=False)
-    for column in ("certificate", "template", "expiry old → new", "thumbprint old → new", "SANs kept", "outcome"):
-        table.add_column(column)
+    table = Table(title="certlc demo: vault 'demo' after the sweep")
+    table.add_column("certificate", no_wrap=True)
+    for column in ("template", "key", "SANs kept", "expiry old → new", "thumbprint old → new", "outcome"):
+        table.add_column(column, no_wrap=True)
     for row in report["certificates"]:
-        expiry = row["old_not_after"] + (f" → {row['new_not_after']}" if row["renewed"] else "")
-        thumb = row["old_thumbprint"][:12] + (f"… → {row['new_thumbprint'][:12]}…" if row["renewed"] else "…")
-        kept = ("yes" if row["sans_kept"] else "NO") + f" ({len(row['sans'])})"
+        old, new = row["old_not_after"][:10], row["new_not_after"][:10]
+        expiry = f"{old} → {new}" if row["renewed"] else old
+        thumb = f"{row['old_thumbprint'][:8]} → {row['new_thumbprint'][:8]}" if row["renewed"] else row["old_thumbprint"][:8]
+        kept = ("yes" if row["sans_kept"] else "[red]NO[/red]") + f" ({len(row['sans'])})"
         outcome = row["outcome"] if row["due"] else "not due, untouched"
-        table.add_row(row["name"], row["template"], expiry, thumb, kept, outcome)
-    console = Console()
+        table.add_row(row["name"], row["template"], row["key"], kept, expiry, thumb, outcome)
+    # Piped output defaults to 80 columns, which folds every cell; the table needs about 130.
+    console = Console(width=max(Console().width, 140))
     console.print(table)
     console.print(f"second sweep renewed: {', '.join(report['second_sweep_renewed']) or 'nothing'}")
-    console.print(f"Prefect runs: {report['prefect_api'].removesuffix('/api')}")
+    console.print(f"logs: {report['logs']}")
     console.print("[green]OK[/green]: every due certificate renewed once, nothing else touched"
-                  if report["ok"] else "[red]FAILED[/red]: see the table and .certlc/demo/logs/")
+                  if report["ok"] else "[red]FAILED[/red]: a promise did not hold; see the table and the logs")
