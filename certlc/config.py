@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from certlc.errors import ConfigError
+from certlc.x509.usage import KEY_USAGE_FIELDS as _KEY_USAGE_FIELDS
 
 __all__ = [
     "CLIENT_AUTH",
@@ -32,6 +34,7 @@ __all__ = [
     "Settings",
     "TemplateSpec",
     "VaultSettings",
+    "deep_merge",
     "is_loopback_url",
     "load_settings",
 ]
@@ -39,17 +42,7 @@ __all__ = [
 SERVER_AUTH = "1.3.6.1.5.5.7.3.1"
 CLIENT_AUTH = "1.3.6.1.5.5.7.3.2"
 
-KEY_USAGES = (
-    "digitalSignature",
-    "nonRepudiation",
-    "keyEncipherment",
-    "dataEncipherment",
-    "keyAgreement",
-    "keyCertSign",
-    "cRLSign",
-    "encipherOnly",
-    "decipherOnly",
-)
+KEY_USAGES = tuple(_KEY_USAGE_FIELDS)
 
 
 def is_loopback_url(url: str) -> bool:
@@ -307,15 +300,16 @@ def _merge_build(file_data: dict[str, Any], overrides: dict[str, Any]) -> Settin
     # pydantic-settings lays init values *over* the environment; we want code > env > file, so
     # read the environment ourselves and deep-merge the three layers before validating once.
     env_values = EnvSettingsSource(Settings)()
-    merged = _deep_merge(_deep_merge(file_data, env_values), overrides)
+    merged = deep_merge(deep_merge(file_data, env_values), overrides)
     return Settings.model_validate(merged)
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` laid over ``base``, recursing into nested mappings."""
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -31,7 +31,9 @@ from pyasn1.type import univ
 from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
 from certlc.config import CAProfile, Settings, TemplateSpec
 from certlc.errors import InvalidInput, TerminalError
+from certlc.files import atomic_write
 from certlc.x509.templates import TEMPLATE_NAME_OID, TEMPLATE_V2_OID, encode_template_name, encode_template_v2
+from certlc.x509.usage import key_usage
 
 __all__ = ["DevCA", "DevCAConnector", "from_profile"]
 
@@ -47,43 +49,10 @@ UNSUPPORTED_TEMPLATE = (
 DENIED_BY_POLICY = "Denied by Policy Module 0x80094014 (-2146877420 CERTSRV_E_TEMPLATE_DENIED)"
 TAKEN_UNDER_SUBMISSION = "Taken Under Submission"
 
-_KEY_USAGE_FIELDS = {
-    "digitalSignature": "digital_signature",
-    "nonRepudiation": "content_commitment",
-    "keyEncipherment": "key_encipherment",
-    "dataEncipherment": "data_encipherment",
-    "keyAgreement": "key_agreement",
-    "keyCertSign": "key_cert_sign",
-    "cRLSign": "crl_sign",
-    "encipherOnly": "encipher_only",
-    "decipherOnly": "decipher_only",
-}
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _key_usage(names: list[str]) -> x509.KeyUsage:
-    flags = dict.fromkeys(_KEY_USAGE_FIELDS.values(), False)
-    for name in names:
-        flags[_KEY_USAGE_FIELDS[name]] = True
-    return x509.KeyUsage(**flags)
 
 
 def _application_policies(ekus: list[str]) -> bytes:
@@ -148,10 +117,10 @@ class DevCA:
         pem = serialization.Encoding.PEM
         pkcs8 = serialization.PrivateFormat.PKCS8
         none = serialization.NoEncryption()
-        _write_atomic(staging / "root.key", root_key.private_bytes(pem, pkcs8, none))
-        _write_atomic(staging / "root.pem", root.public_bytes(pem), 0o644)
-        _write_atomic(staging / "issuing.key", issuing_key.private_bytes(pem, pkcs8, none))
-        _write_atomic(staging / "issuing.pem", issuing.public_bytes(pem), 0o644)
+        atomic_write(staging / "root.key", root_key.private_bytes(pem, pkcs8, none))
+        atomic_write(staging / "root.pem", root.public_bytes(pem), 0o644)
+        atomic_write(staging / "issuing.key", issuing_key.private_bytes(pem, pkcs8, none))
+        atomic_write(staging / "issuing.pem", issuing.public_bytes(pem), 0o644)
         (staging / "requests").mkdir()
         try:
             staging.rename(self.state_dir)
@@ -180,7 +149,7 @@ class DevCA:
             .not_valid_before(now - BACKDATE)
             .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-            .add_extension(_key_usage(["digitalSignature", "keyCertSign", "cRLSign"]), critical=True)
+            .add_extension(key_usage(["digitalSignature", "keyCertSign", "cRLSign"]), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         )
         if issuer_cert is not None:
@@ -234,7 +203,7 @@ class DevCA:
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(template.key_usages), critical=True)
+            .add_extension(key_usage(template.key_usages), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]
@@ -284,7 +253,7 @@ class DevCA:
             return candidate
 
     def record(self, request_id: str, data: dict[str, object]) -> None:
-        _write_atomic(self._request_path(request_id), json.dumps(data).encode())
+        atomic_write(self._request_path(request_id), json.dumps(data).encode())
 
     def load_request(self, request_id: str) -> dict[str, object]:
         path = self._request_path(request_id)

@@ -14,7 +14,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from certlc.emulator.files import PRIVATE_FILE_MODE
+from certlc.files import PRIVATE_FILE_MODE
 
 __all__ = ["AUDIT_FILE", "AuditLog", "AuditRecord", "read_audit_log"]
 

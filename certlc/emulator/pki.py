@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from certlc.emulator.errors import KvError, bad_parameter
 from certlc.emulator.keys import PrivateKey, same_public_key, signature_hash
+from certlc.x509.usage import key_usage, key_usage_names
 
 __all__ = [
     "PEM",
@@ -49,18 +50,6 @@ PKCS12 = "application/x-pkcs12"
 PEM = "application/x-pem-file"
 UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 
-# Key Vault's key_usage names <-> cryptography's KeyUsage arguments.
-KEY_USAGE_FIELDS = {
-    "digitalSignature": "digital_signature",
-    "nonRepudiation": "content_commitment",
-    "keyEncipherment": "key_encipherment",
-    "dataEncipherment": "data_encipherment",
-    "keyAgreement": "key_agreement",
-    "keyCertSign": "key_cert_sign",
-    "cRLSign": "crl_sign",
-    "encipherOnly": "encipher_only",
-    "decipherOnly": "decipher_only",
-}
 
 # Attribute names accepted in a policy subject: RFC 4514's plus the ones Windows/.NET prints.
 _SUBJECT_ATTRS: dict[str, ObjectIdentifier] = {
@@ -230,12 +219,9 @@ def _extensions(props: Mapping[str, Any], subject: x509.Name) -> list[tuple[x509
     exts: list[tuple[x509.ExtensionType, bool]] = []
     usages = props.get("key_usage") or []
     if usages:
-        flags = {field: False for field in KEY_USAGE_FIELDS.values()}
-        for usage in usages:
-            flags[KEY_USAGE_FIELDS[usage]] = True
         try:
-            exts.append((x509.KeyUsage(**flags), True))  # critical, as the service's CSRs have it
-        except ValueError as exc:
+            exts.append((key_usage(usages), True))  # critical, as the service's CSRs have it
+        except (KeyError, ValueError) as exc:
             raise bad_parameter(f"Invalid key_usage {usages}: {exc}") from None
     ekus = props.get("ekus") or []
     if ekus:
@@ -310,19 +296,12 @@ def x509_props_from_certificate(cert: x509.Certificate) -> dict[str, Any]:
         props["ekus"] = []
     try:
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        props["key_usage"] = [name for name, field in KEY_USAGE_FIELDS.items() if _key_usage_flag(ku, field)]
+        props["key_usage"] = key_usage_names(ku)
     except x509.ExtensionNotFound:
         props["key_usage"] = []
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     props["validity_months"] = max(1, round(lifetime.days / 30.4))
     return props
-
-
-def _key_usage_flag(ku: x509.KeyUsage, field: str) -> bool:
-    try:
-        return bool(getattr(ku, field))
-    except ValueError:  # encipher_only/decipher_only raise unless key_agreement is set
-        return False
 
 
 # Merge ------------------------------------------------------------------------------------------------

@@ -13,15 +13,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from certlc.config import deep_merge
 from certlc.emulator.errors import bad_parameter
 from certlc.emulator.keys import CURVES, RSA_SIZES
-from certlc.emulator.pki import KEY_USAGE_FIELDS, PEM, PKCS12, build_sans, parse_subject
+from certlc.emulator.pki import PEM, PKCS12, build_sans, parse_subject
+from certlc.x509.usage import KEY_USAGE_FIELDS
 
 __all__ = [
     "ISSUER_SELF",
     "ISSUER_UNKNOWN",
     "SAN_KINDS",
-    "deep_merge",
     "drop_nulls",
     "merge_policy",
     "normalize_policy",
@@ -70,16 +71,6 @@ def policy_for_import(
     base = _section(drop_nulls(supplied), "policy") if supplied is not None else dict(current or {})
     facts = {"key_props": dict(key_props), "x509_props": dict(x509_props)}
     return normalize_policy(deep_merge(base, facts), require_identity=False)
-
-
-def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def drop_nulls(value: Any) -> Any:

@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from certlc.emulator.files import ensure_private_dir, read_or_create_private
+from certlc.files import ensure_private_dir, read_or_create_private
 
 __all__ = ["InvalidToken", "MasterKey", "Sealer"]
 

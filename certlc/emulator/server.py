@@ -27,7 +27,6 @@ import uvicorn
 
 from certlc.config import EmulatorSettings
 from certlc.emulator.audit import AuditLog, AuditRecord, read_audit_log
-from certlc.emulator.files import PRIVATE_FILE_MODE, atomic_write, ensure_private_dir
 from certlc.emulator.identity import IDENTITY_PATH, TokenIssuer, identity_app
 from certlc.emulator.keyvault import vault_app
 from certlc.emulator.sealing import MasterKey, Sealer
@@ -35,6 +34,7 @@ from certlc.emulator.store import VaultStore
 from certlc.emulator.tls import TlsFiles, ensure_tls
 from certlc.emulator.vault import Vault, check_name
 from certlc.errors import ConfigError
+from certlc.files import PRIVATE_FILE_MODE, atomic_write, ensure_private_dir
 
 __all__ = ["ENDPOINTS_FILE", "EmulatorEndpoints", "EmulatorHandle", "read_endpoints", "start_in_thread"]
 

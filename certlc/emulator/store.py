@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from certlc.emulator.files import atomic_write, ensure_private_dir
 from certlc.emulator.sealing import Sealer
+from certlc.files import atomic_write, ensure_private_dir
 
 __all__ = ["Certificate", "Deleted", "Pending", "VaultState", "VaultStore", "Version"]
 

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certlc.emulator.files import atomic_write, ensure_private_dir
 from certlc.emulator.sealing import MasterKey
+from certlc.files import atomic_write, ensure_private_dir
 
 __all__ = ["TlsFiles", "ensure_tls"]
 

@@ -1,6 +1,6 @@
-"""Private, crash-safe files for the emulator's state directory.
+"""Private, crash-safe files for certlc's state directories (emulator, dev CA).
 
-Every file the emulator writes holds either key material, tokens' keys or state a restart must
+Every file written there holds either key material, tokens' keys or state a restart must
 find intact, so writes go to a temporary file in the same directory, are fsynced and then
 renamed over the target: a crash leaves the old file or the new one, never half of either.
 """
