@@ -139,7 +139,8 @@ def seed(client: CertificateClient, ca: DevCA, now: dt.datetime) -> None:
 
 
 def _versions(client: CertificateClient, name: str) -> int:
-    return sum(1 for _ in client.list_properties_of_certificate_versions(name))
+    # Issued versions only: a pending operation shows as a disabled version without a thumbprint.
+    return sum(1 for v in client.list_properties_of_certificate_versions(name) if v.x509_thumbprint)
 
 
 def _state(client: CertificateClient, name: str) -> dict[str, Any]:

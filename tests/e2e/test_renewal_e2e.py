@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from certlc.ca.devca import DevCA
-from certlc.config import load_settings
+from certlc.config import TemplateSpec, load_settings
 from certlc.demo import DEMO_TEMPLATES, write_config
 from certlc.stack import CLI, LocalStack, free_port, start_emulator, start_prefect_server
 from certlc.x509 import san_strings, template_of
@@ -82,7 +82,8 @@ class Stack:
                                  tags=tags)
 
     def versions(self, name: str) -> int:
-        return sum(1 for _ in self.client().list_properties_of_certificate_versions(name))
+        # Issued versions only: a pending operation shows as a disabled version without a thumbprint.
+        return sum(1 for v in self.client().list_properties_of_certificate_versions(name) if v.x509_thumbprint)
 
     def audit(self) -> list[dict[str, Any]]:
         lines: list[dict[str, Any]] = []
@@ -94,7 +95,9 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     state = tmp_path_factory.mktemp("stack")
-    config = write_config(state, free_port(), free_port(), DEMO_TEMPLATES)
+    held = [TemplateSpec(name="NeedsApproval", approval="manager", validity_days=60),
+            TemplateSpec(name="Refused", approval="deny")]
+    config = write_config(state, free_port(), free_port(), [*DEMO_TEMPLATES, *held])
     settings = load_settings(config)
     procs = LocalStack()
     saved = dict(os.environ)
@@ -198,6 +201,37 @@ def test_a_renewal_killed_after_the_csr_step_reuses_the_pending_operation(stack:
     creates = [a for a in stack.audit()[seen:] if a["method"] == "POST"
                and a["path"].endswith("/certificates/crashy/create")]
     assert len(creates) == 1  # one CSR across the crashed run and the re-run
+
+
+def test_a_request_held_for_approval_is_merged_once_after_the_ca_manager_approves(stack: Stack) -> None:
+    stack.seed("held", template="NeedsApproval", remaining_days=3, lifetime_days=60)
+    versions = stack.versions("held")
+    first = stack.certlc("renew", "demo", "held", "--json")
+    assert first.returncode == 0, first.stderr[-3000:]
+    outcome = json.loads(first.stdout)
+    assert outcome["outcome"] == "Pending" and outcome["ca_request_id"]
+    assert stack.versions("held") == versions  # nothing merged while the CA holds it
+    again = stack.certlc("renew", "demo", "held", "--json")
+    assert json.loads(again.stdout)["ca_request_id"] == outcome["ca_request_id"]  # not submitted twice
+
+    stack.ca.set_decision(outcome["ca_request_id"], "approve")
+    done = stack.certlc("sweep", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = {r["name"]: r for r in json.loads(done.stdout)["results"]}
+    assert result["held"]["outcome"] == "Renewed" and result["held"]["ca_request_id"] == outcome["ca_request_id"]
+    assert stack.versions("held") == versions + 1
+
+
+def test_a_denied_request_is_reported_and_changes_nothing(stack: Stack) -> None:
+    # Issued once from a template the CA now refuses (its seeding bypasses the CA's policy).
+    stack.seed("refused", template="Refused", remaining_days=3, lifetime_days=365)
+    versions = stack.versions("refused")
+    proc = stack.certlc("renew", "demo", "refused", "--json")
+    assert proc.returncode == 1
+    outcome = json.loads(proc.stdout)
+    assert outcome["outcome"] == "Denied" and "CERTSRV_E_TEMPLATE_DENIED" in outcome["message"]
+    assert stack.versions("refused") == versions
+    assert stack.client().get_certificate_operation("refused").status.lower() == "inprogress"
 
 
 def _writes(stack: Stack) -> int:
