@@ -14,11 +14,15 @@ app = App(
 )
 
 # One module per command group; imported only when that command runs (heavy imports stay lazy).
-app.command("certlc.cli.inspect:inspect", name="inspect")
-app.command("certlc.cli.emulator:emulator", name="emulator")
-app.command("certlc.cli.renew:renew", name="renew")
-app.command("certlc.cli.renew:sweep", name="sweep")
-app.command("certlc.cli.demo:demo", name="demo")
+app.command("certlc.cli.renew:sweep", name="sweep",
+            help="Find every certificate due for renewal in the configured vaults and renew each.")
+app.command("certlc.cli.renew:renew", name="renew", help="Renew one certificate now, through its CA.")
+app.command("certlc.cli.inspect:inspect", name="inspect",
+            help="Show what a certificate, chain, CSR or PFX file holds (any PEM/DER/PKCS#7/PFX form).")
+app.command("certlc.cli.emulator:emulator", name="emulator",
+            help="Run the local Key Vault emulator (HTTPS on loopback) and its managed-identity endpoint.")
+app.command("certlc.cli.demo:demo", name="demo",
+            help="Seed a local Key Vault with expiring certificates and renew them through Prefect.")
 
 
 def exit_with_error(message: str, code: int = 1) -> NoReturn:

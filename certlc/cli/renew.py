@@ -71,7 +71,8 @@ def renew(
 
 def sweep(
     *,
-    vault: Annotated[list[str] | None, Parameter(help="Only these vaults (repeatable); default all.")] = None,
+    vault: Annotated[list[str] | None, Parameter(help="Only this vault (repeat for several); default all.",
+                                                negative="")] = None,
     config: Annotated[Path | None, Parameter(help="certlc configuration file (TOML); default $CERTLC_CONFIG.")] = None,
     json_output: Annotated[bool, Parameter(name="--json", help="Print the sweep result as JSON.")] = False,
 ) -> None:
