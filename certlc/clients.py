@@ -17,6 +17,7 @@ from azure.keyvault.certificates import CertificateClient
 from azure.keyvault.secrets import SecretClient
 
 from certlc.config import Settings, VaultSettings, is_loopback_url
+from certlc.errors import ConfigError
 
 __all__ = ["certificate_client", "credential", "reset_clients", "secret_client"]
 
@@ -39,8 +40,13 @@ def credential(settings: Settings) -> TokenCredential:
 
 def _client_kwargs(vault: VaultSettings, settings: Settings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
-    if settings.azure.ca_bundle is not None:
-        kwargs["connection_verify"] = str(settings.azure.ca_bundle)
+    bundle = settings.azure.ca_bundle
+    if bundle is not None:
+        # Checked here, not when the configuration loads: the emulator creates its bundle on start.
+        if not bundle.is_file():
+            raise ConfigError(f"azure.ca_bundle: {bundle} is not a readable file (the PEM bundle to trust "
+                              "for the vault's TLS)", reason="CaBundleMissing")
+        kwargs["connection_verify"] = str(bundle)
     verify = settings.azure.verify_challenge_resource
     if verify is None:
         verify = not is_loopback_url(vault.url)

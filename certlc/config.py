@@ -176,6 +176,10 @@ class RenewalSettings(_Model):
     recipient_tag: str = Field(default="Recipient", description="Tag listing owners to notify.")
     renew_before_tag: str = Field(default="RenewBeforeDays", description="Tag overriding renew_before_days for one certificate.")
     skew_seconds: int = Field(default=600, ge=0, description="Tolerated clock skew for a not-yet-valid certificate.")
+    lock_lease_seconds: int = Field(
+        default=60, ge=60, le=3600,  # Prefect refuses leases under 60 s
+        description="Lease of the per-certificate renewal lock; a crashed renewal frees it after this long.",
+    )
 
 
 class EmulatorSettings(_Model):
@@ -332,9 +336,15 @@ def _anchor_paths(settings: Settings, base: Path) -> Settings:
 
 
 def _describe_validation(exc: ValidationError, path: Path | None) -> str:
-    where = f"config file {path}" if path else "configuration"
     first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+    parts = [str(p) for p in first["loc"]]
+    # Name the place the bad value came from: an environment variable, else the file.
+    env_name = "CERTLC_" + "__".join(parts[:2]).upper() if parts else ""
+    if env_name and env_name in os.environ:
+        where = f"environment variable {env_name}"
+    else:
+        where = f"config file {path}" if path else "configuration"
+    loc = ".".join(parts)
     msg = first["msg"].removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-    return f"{where}: {loc}: {msg}{more}"
+    return f"{where}: {loc + ': ' if loc else ''}{msg}{more}"

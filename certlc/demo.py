@@ -157,7 +157,7 @@ def _state(client: CertificateClient, name: str) -> dict[str, Any]:
 
 
 def write_config(state: Path, vault_port: int, identity_port: int,
-                 templates_spec: list[TemplateSpec] = DEMO_TEMPLATES) -> Path:
+                 templates_spec: list[TemplateSpec] = DEMO_TEMPLATES, lease: int = 60) -> Path:
     """Write the local stack's certlc.toml into ``state``: one vault 'demo' on the emulator, the dev CA."""
     templates = "\n".join(
         "[[devca.templates]]\n" + "\n".join(
@@ -181,6 +181,7 @@ managed_identity_client_id = "00000000-0000-0000-0000-00000000a001"
 
 [renewal]
 concurrency = 4
+lock_lease_seconds = {lease}
 
 [emulator]
 port = {vault_port}

@@ -9,6 +9,7 @@ never due again however the tag is set. Expired certificates are due too.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 
 from certlc.config import RenewalSettings
@@ -33,11 +34,13 @@ class Due:
 
 def renew_before(lifetime: dt.timedelta, settings: RenewalSettings, override_days: float | None = None) -> dt.timedelta:
     """The renewal window for a certificate of this ``lifetime``."""
-    if override_days is not None and override_days > 0:
-        window = min(dt.timedelta(days=override_days), lifetime * MAX_WINDOW_FRACTION)
+    # Compare in seconds: a tag such as 1e10 days does not fit in a timedelta.
+    life = max(lifetime.total_seconds(), 0.0)
+    if override_days is not None and math.isfinite(override_days) and override_days > 0:
+        seconds = min(override_days * 86400, life * MAX_WINDOW_FRACTION)
     else:
-        window = min(dt.timedelta(days=settings.renew_before_days), lifetime * settings.renew_before_fraction)
-    return max(window, dt.timedelta(0))
+        seconds = min(settings.renew_before_days * 86400, life * settings.renew_before_fraction)
+    return dt.timedelta(seconds=seconds)
 
 
 def _override(tags: dict[str, str] | None, settings: RenewalSettings) -> float | None:
@@ -46,9 +49,10 @@ def _override(tags: dict[str, str] | None, settings: RenewalSettings) -> float |
     for key, value in tags.items():
         if key.lower() == settings.renew_before_tag.lower():
             try:
-                return float(value)
+                days = float(value)
             except ValueError:
                 return None  # an unreadable tag falls back to the default window
+            return days if math.isfinite(days) and days > 0 else None
     return None
 
 

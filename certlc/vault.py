@@ -76,6 +76,11 @@ def parse_iso(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
 @contextlib.contextmanager
 def azure_errors(action: str, vault: str, name: str | None = None) -> Iterator[None]:
     """Translate SDK exceptions raised while doing ``action`` into certlc's error classes."""
@@ -88,10 +93,20 @@ def azure_errors(action: str, vault: str, name: str | None = None) -> Iterator[N
         raise InvalidInput(f"{what}: not found in the vault", reason="NotFound", vault=vault,
                            certificate=name, status=exc.status_code) from None
     except ClientAuthenticationError as exc:
-        raise TerminalError(f"{what}: the vault refused our identity ({exc.status_code})", reason="Unauthorized",
+        if exc.status_code is None:
+            # No HTTP status: the credential chain never produced a token; the vault was not asked.
+            raise TerminalError(
+                f"{what}: no credential could get a token for the vault (set up a managed identity — "
+                "IDENTITY_ENDPOINT/IDENTITY_HEADER, as the emulator provides — a service principal "
+                "(AZURE_CLIENT_ID, AZURE_TENANT_ID and a secret or certificate) or `az login`)",
+                reason="NoCredential", vault=vault, certificate=name) from None
+        raise TerminalError(f"{what}: the vault refused our token ({exc.status_code})", reason="Unauthorized",
                             vault=vault, certificate=name) from None
     except (ServiceRequestError, ServiceResponseError) as exc:
-        raise TransientError(f"{what}: vault unreachable: {type(exc).__name__}", reason="VaultUnreachable",
+        detail = _first_line(exc)
+        hint = " — the vault's TLS certificate is not trusted; check azure.ca_bundle" \
+            if "CERTIFICATE_VERIFY_FAILED" in detail else ""
+        raise TransientError(f"{what}: vault unreachable: {detail}{hint}", reason="VaultUnreachable",
                              vault=vault, certificate=name) from None
     except HttpResponseError as exc:
         status = exc.status_code or 0
@@ -165,6 +180,7 @@ class PendingCsr:
     request_id: str
     csr_pem: str
     reused: bool
+    replaced: str = ""  # why a pending operation found in the vault was deleted, if one was
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,8 +223,9 @@ def read_certificate(client: CertificateClient, vault: str, name: str) -> Certif
     if not bundle.cer or not bundle.properties.version:
         raise InvalidInput(f"certificate {name!r} in vault {vault!r} has no issued version yet (only a pending one)",
                            reason="NoIssuedVersion", vault=vault, certificate=name)
-    return _snapshot(vault, name, bundle.properties.version, bytes(bundle.cer), bundle.properties.tags,
-                     bool(bundle.properties.enabled))
+    # Key Vault names are case-insensitive; carry on with the vault's own spelling.
+    return _snapshot(vault, bundle.name or name, bundle.properties.version, bytes(bundle.cer),
+                     bundle.properties.tags, bool(bundle.properties.enabled))
 
 
 def list_certificates(client: CertificateClient, vault: str) -> list[CertificateSummary]:
@@ -326,14 +343,22 @@ def ensure_pending_csr(client: CertificateClient, snapshot: CertificateSnapshot)
     """
     vault, name = snapshot.vault, snapshot.name
     operation = None
+    replaced = ""
     with contextlib.suppress(InvalidInput), azure_errors("read pending operation", vault, name):
         operation = client.get_certificate_operation(name)
-    if operation is not None and (operation.status or "").lower() == "inprogress" and operation.csr:
-        csr = x509.load_der_x509_csr(bytes(operation.csr))
-        if (operation.issuer_name or "").lower() == "unknown" and csr_mismatch(csr, snapshot) is None:
-            return PendingCsr(request_id=operation.request_id or "", csr_pem=_csr_pem(bytes(operation.csr)),
-                              reused=True)
-        # Stale: made for another subject/SAN set/key, or by an issuer we do not drive.
+    if operation is not None and (operation.status or "").lower() == "inprogress":
+        if (operation.issuer_name or "").lower() != "unknown":
+            replaced = f"issuer {operation.issuer_name!r} is not 'Unknown'"
+        elif not operation.csr:
+            replaced = "it holds no CSR"
+        else:
+            mismatch = csr_mismatch(x509.load_der_x509_csr(bytes(operation.csr)), snapshot)
+            if mismatch is None:
+                return PendingCsr(request_id=operation.request_id or "", csr_pem=_csr_pem(bytes(operation.csr)),
+                                  reused=True)
+            replaced = f"request {operation.request_id}: {mismatch}"
+        # Stale: made for another subject/SAN set/key, or by an issuer we do not drive. Never sign
+        # someone else's request: delete it and let Key Vault make one for exactly this renewal.
         with contextlib.suppress(InvalidInput), azure_errors("delete stale pending operation", vault, name):
             client.delete_certificate_operation(name)
     policy = renewal_policy(client, snapshot)
@@ -345,7 +370,7 @@ def ensure_pending_csr(client: CertificateClient, snapshot: CertificateSnapshot)
     if not csr_raw:
         raise TerminalError(f"create pending version ({vault}/{name}): Key Vault returned no CSR",
                             reason="NoCsr", vault=vault, certificate=name)
-    return PendingCsr(request_id=request_id, csr_pem=_csr_pem(bytes(csr_raw)), reused=False)
+    return PendingCsr(request_id=request_id, csr_pem=_csr_pem(bytes(csr_raw)), reused=False, replaced=replaced)
 
 
 # --- merge ---------------------------------------------------------------------------------------
@@ -404,6 +429,15 @@ def merge_issued(client: CertificateClient, snapshot: CertificateSnapshot, pendi
             f"not merging a certificate issued for {pending.request_id}",
             reason="PendingOperationReplaced", vault=vault, certificate=name)
     der_chain = [c.public_bytes(serialization.Encoding.DER) for c in chain]
-    with azure_errors("merge", vault, name):
-        merged = client.merge_certificate(name, der_chain, tags=snapshot.tags or None)
+    try:
+        with azure_errors("merge", vault, name):
+            merged = client.merge_certificate(name, der_chain, tags=snapshot.tags or None)
+    except (TerminalError, InvalidInput):
+        # Another run may have merged the same pending operation a moment ago: then the latest
+        # version holds our key and the renewal is done, not failed.
+        with azure_errors("read certificate", vault, name):
+            latest = client.get_certificate(name)
+        if latest.cer and _public_key_der(x509.load_der_x509_certificate(bytes(latest.cer))) == _public_key_der(csr):
+            return _result_from_bundle(latest, already=True)
+        raise
     return _result_from_bundle(merged, already=False)

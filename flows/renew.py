@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -13,6 +14,7 @@ from certlc.vault import CertificateSnapshot
 from tasks._policy import current_settings
 from tasks.create_csr import create_csr
 from tasks.fetch_event import fetch_event
+from tasks.lock import certificate_lock
 from tasks.log_outcome import log_outcome
 from tasks.merge import merge
 from tasks.notify import notify
@@ -32,16 +34,49 @@ def _outcome_for(snapshot: CertificateSnapshot, template: str, pending: dict[str
 
 
 @flow(name="renew-certificate", flow_run_name="renew-{vault}-{name}", validate_parameters=True)
-def renew_certificate(vault: str, name: str, event_id: str | None = None) -> dict[str, Any]:
-    """Renew certificate ``name`` in ``vault`` through its CA; returns the outcome as a dict."""
+def renew_certificate(vault: str, name: str, event_id: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Renew certificate ``name`` in ``vault`` through its CA if it is due (or ``force``);
+    returns the outcome as a dict."""
+    with contextlib.ExitStack() as held:
+        try:
+            request = fetch_event(vault, name, event_id)
+            # One renewal of a certificate at a time: a racing duplicate waits, then finds it not due.
+            held.enter_context(certificate_lock(request["vault"], request["name"],
+                                                lease_seconds=current_settings().renewal.lock_lease_seconds))
+        except CertlcError as exc:
+            _report_failure(vault, name, exc, None, None)
+            raise
+        return _renew(request, force)
+
+
+def _report_failure(vault: str, name: str, exc: CertlcError, snapshot: CertificateSnapshot | None,
+                    template: str | None) -> None:
+    get_run_logger().error("%s/%s: renewal failed (%s): %s", vault, name, exc.reason, exc.message)
+    outcome = Outcome(vault=vault, name=name, outcome="Failed", reason=exc.reason, message=exc.message,
+                      old_version=snapshot.version if snapshot else None,
+                      old_thumbprint=snapshot.thumbprint if snapshot else None,
+                      old_not_after=snapshot.not_after if snapshot else None, template=template)
+    if snapshot is not None:
+        notify(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
+    log_outcome(outcome.to_dict())
+
+
+def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
     logger = get_run_logger()
-    snapshot: CertificateSnapshot | None = None
-    template: str | None = None
     try:
-        request = fetch_event(vault, name, event_id)
         current = read_certificate(request)
-        snapshot = CertificateSnapshot.from_dict(current["snapshot"])
-        template = current["template"]
+    except CertlcError as exc:
+        _report_failure(request["vault"], request["name"], exc, None, None)
+        raise
+    snapshot = CertificateSnapshot.from_dict(current["snapshot"])
+    template = current["template"]
+    if not current["due"] and not force:
+        logger.info("%s/%s: not due (%s; expires %s): nothing to do", snapshot.vault, snapshot.name,
+                    current["due_reason"], snapshot.not_after)
+        return Outcome(vault=snapshot.vault, name=snapshot.name, outcome="NotDue", reason=current["due_reason"],
+                       old_version=snapshot.version, old_thumbprint=snapshot.thumbprint,
+                       old_not_after=snapshot.not_after, template=template).to_dict()
+    try:
         pending = create_csr(current["snapshot"])
         disposition = Disposition.from_dict(submit_to_ca(current["snapshot"], pending, template))
         if disposition.status is DispositionStatus.PENDING:
@@ -62,14 +97,7 @@ def renew_certificate(vault: str, name: str, event_id: str | None = None) -> dic
                 kv_request_id=pending["request_id"],
             )
     except CertlcError as exc:
-        logger.error("%s/%s: renewal failed (%s): %s", vault, name, exc.reason, exc.message)
-        outcome = Outcome(vault=vault, name=name, outcome="Failed", reason=exc.reason, message=exc.message,
-                          old_version=snapshot.version if snapshot else None,
-                          old_thumbprint=snapshot.thumbprint if snapshot else None,
-                          old_not_after=snapshot.not_after if snapshot else None, template=template)
-        if snapshot is not None:
-            notify(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
-        log_outcome(outcome.to_dict())
+        _report_failure(snapshot.vault, snapshot.name, exc, snapshot, template)
         raise
     notify(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
     log_outcome(outcome.to_dict())

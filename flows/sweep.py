@@ -30,8 +30,12 @@ def find_due(vault: str) -> list[dict[str, Any]]:
     now = dt.datetime.now(dt.UTC)
     found = []
     for item in list_certificates(certificate_client(configured, settings), configured.name):
-        due = is_due(item.not_before, item.not_after, settings.renewal, now=now, tags=item.tags,
-                     enabled=item.enabled)
+        try:
+            due = is_due(item.not_before, item.not_after, settings.renewal, now=now, tags=item.tags,
+                         enabled=item.enabled)
+        except (ValueError, OverflowError) as exc:  # one odd certificate must not stop the sweep
+            get_run_logger().warning("%s/%s: cannot tell whether it is due: %s", vault, item.name, exc)
+            continue
         found.append({"vault": configured.name, "name": item.name, "version": item.version, "due": due.due,
                       "reason": due.reason,
                       "not_after": item.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if item.not_after else None})
@@ -70,6 +74,7 @@ def sweep(vaults: list[str] | None = None) -> dict[str, Any]:
         result = by_key.get((cert["vault"], cert["name"]))
         rows.append({
             "vault": cert["vault"], "name": cert["name"], "due": cert["due"], "due_reason": cert["reason"],
+            "not_after": cert["not_after"],
             "outcome": result["outcome"] if result else "NotDue",
             "reason": result.get("reason") if result else cert["reason"],
             "new_not_after": result.get("new_not_after") if result else None,

@@ -20,6 +20,9 @@ def create_csr(snapshot: dict[str, Any]) -> dict[str, Any]:
     settings = current_settings()
     snap = CertificateSnapshot.from_dict(snapshot)
     pending = ensure_pending_csr(certificate_client(settings.vault(snap.vault), settings), snap)
+    if pending.replaced:
+        get_run_logger().warning("%s/%s: deleted a pending operation that did not match this renewal: %s",
+                                 snap.vault, snap.name, pending.replaced)
     get_run_logger().info(
         "%s/%s: %s pending version (Key Vault request %s)", snap.vault, snap.name,
         "reusing the" if pending.reused else "created a", pending.request_id,

@@ -6,16 +6,21 @@ from typing import Any
 
 from prefect import task
 
+from certlc.ca import connector_for
 from certlc.clients import certificate_client
-from certlc.renewal import resolve_template
+from certlc.renewal import due_status, resolve_template
 from certlc.vault import read_certificate as read_snapshot
 from tasks._policy import PERSIST, RETRY, current_settings
 
 
 @task(name="read-certificate", cache_policy=None, **RETRY, **PERSIST)
 def read_certificate(request: dict[str, Any]) -> dict[str, Any]:
+    """The current version, whether it is due, and the template; refuses what cannot be renewed
+    (no template, unknown CA profile kind) before anything is written."""
     settings = current_settings()
     vault = settings.vault(request["vault"])
+    connector_for(vault.ca_profile, settings)  # a bad CA profile is a config error, found now
     snapshot = read_snapshot(certificate_client(vault, settings), vault.name, request["name"])
     template = resolve_template(snapshot, settings.ca_profile_for(vault), settings)
-    return {"snapshot": snapshot.to_dict(), "template": template}
+    due, reason = due_status(snapshot, settings)
+    return {"snapshot": snapshot.to_dict(), "template": template, "due": due, "due_reason": reason}

@@ -17,7 +17,9 @@ from certlc.vault import CertificateSnapshot, PendingCsr
 from tasks._policy import PERSIST, RETRY, current_settings, step_key
 
 
-@task(name="submit-to-ca", cache_key_fn=step_key("submit", "pending.request_id"),
+# The template is part of the key: after a denial for a wrong template, fixing the Template tag
+# must lead to a new submission, not to the cached denial.
+@task(name="submit-to-ca", cache_key_fn=step_key("submit", "pending.request_id", "template"),
       cache_expiration=timedelta(days=30), **RETRY, **PERSIST)
 def submit_to_ca(snapshot: dict[str, Any], pending: dict[str, Any], template: str) -> dict[str, Any]:
     settings = current_settings()

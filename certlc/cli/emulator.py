@@ -57,9 +57,9 @@ def emulator(
         path = state_dir.resolve() if state_dir is not None else settings.emulator_path
         handle = start_in_thread(settings.emulator, path)
     except CertlcError as exc:
-        exit_with_error(str(exc))
+        exit_with_error(str(exc), 2)
     except OSError as exc:
-        exit_with_error(f"the emulator cannot use its state directory: {exc}")
+        exit_with_error(f"the emulator cannot use its state directory: {exc}", 2)
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -97,7 +97,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
     state = tmp_path_factory.mktemp("stack")
     held = [TemplateSpec(name="NeedsApproval", approval="manager", validity_days=60),
             TemplateSpec(name="Refused", approval="deny")]
-    config = write_config(state, free_port(), free_port(), [*DEMO_TEMPLATES, *held])
+    # The shortest lock lease Prefect allows: the crash test waits for the killed run's lease to run out.
+    config = write_config(state, free_port(), free_port(), [*DEMO_TEMPLATES, *held], lease=60)
     settings = load_settings(config)
     procs = LocalStack()
     saved = dict(os.environ)
@@ -232,6 +233,58 @@ def test_a_denied_request_is_reported_and_changes_nothing(stack: Stack) -> None:
     assert outcome["outcome"] == "Denied" and "CERTSRV_E_TEMPLATE_DENIED" in outcome["message"]
     assert stack.versions("refused") == versions
     assert stack.client().get_certificate_operation("refused").status.lower() == "inprogress"
+
+
+def test_duplicate_and_concurrent_renewals_make_exactly_one_new_version(stack: Stack) -> None:
+    stack.seed("dup", template="WebServerShort", remaining_days=4, lifetime_days=90)
+    versions = stack.versions("dup")
+    requests = len(list((stack.settings.devca_path / "requests").glob("*.json")))
+    env = {**os.environ, **stack.env}
+    # Three runs at once, as an event, a queue message and a sweep might start them; one in a
+    # different spelling (Key Vault names are case-insensitive).
+    runs = [subprocess.Popen([*CLI, "renew", "demo", spelling, "--json", "--config", str(stack.config)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for spelling in ("dup", "dup", "DUP")]
+    results = [proc.communicate(timeout=600) for proc in runs]
+    assert [proc.returncode for proc in runs] == [0, 0, 0], [err[-2000:] for _, err in results]
+    outcomes = sorted(json.loads(out)["outcome"] for out, _ in results)
+    assert outcomes.count("Renewed") == 1 and set(outcomes) <= {"Renewed", "NotDue", "AlreadyRenewed"}, outcomes
+    assert stack.versions("dup") == versions + 1
+    assert len(list((stack.settings.devca_path / "requests").glob("*.json"))) == requests + 1  # one CA request
+
+    again = stack.certlc("renew", "demo", "dup", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["outcome"] == "NotDue"
+    assert stack.versions("dup") == versions + 1
+    forced = stack.certlc("renew", "demo", "dup", "--force", "--json")
+    assert forced.returncode == 0 and json.loads(forced.stdout)["outcome"] == "Renewed"
+    assert stack.versions("dup") == versions + 2
+
+
+def test_a_pending_operation_made_for_other_names_is_replaced_not_signed(stack: Stack) -> None:
+    stack.seed("hijack", template="WebServerShort", remaining_days=4, lifetime_days=90, dns=["hijack.example"])
+    # Someone else starts a new version asking for an extra name.
+    policy = stack.client().get_certificate_policy("hijack")
+    evil = CertificatePolicy(issuer_name="Unknown", subject=policy.subject,
+                             san_dns_names=["hijack.example", "evil.attacker.example"], key_type="EC",
+                             key_curve_name="P-256")
+    stack.client().begin_create_certificate("hijack", policy=evil).result()
+    proc = stack.certlc("renew", "demo", "hijack", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "deleted a pending operation that did not match this renewal" in proc.stderr
+    assert "evil.attacker.example" in proc.stderr  # the warning says what was wrong with it
+    new = x509.load_der_x509_certificate(bytes(stack.client().get_certificate("hijack").cer))
+    assert san_strings(new) == ["DNS:hijack.example"]
+
+
+def test_an_unknown_ca_connector_kind_is_refused_before_anything_is_written(stack: Stack, tmp_path: Path) -> None:
+    stack.seed("kindless", template="WebServerShort", remaining_days=4, lifetime_days=90)
+    bad = tmp_path / "certlc.toml"
+    bad.write_text(stack.config.read_text().replace('kind = "devca"', 'kind = "nosuchca"'))
+    writes = _writes(stack)
+    proc = stack.certlc("renew", "demo", "kindless", config=bad)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "'nosuchca', which is not a known connector" in proc.stderr
+    assert _writes(stack) == writes
 
 
 def _writes(stack: Stack) -> int:

@@ -44,7 +44,15 @@ def test_a_freshly_renewed_certificate_is_never_due_even_with_a_huge_tag() -> No
 def test_tag_overrides_the_default_window_and_an_unreadable_tag_is_ignored() -> None:
     nb, na = cert(365, 50)
     assert is_due(nb, na, S, now=NOW, tags={"RenewBeforeDays": "60"}).due
-    assert not is_due(nb, na, S, now=NOW, tags={"RenewBeforeDays": "sixty"}).due
+    for junk in ("sixty", "inf", "-inf", "nan", "-5", "0", ""):
+        assert not is_due(nb, na, S, now=NOW, tags={"RenewBeforeDays": junk}).due, junk
+
+
+def test_an_absurdly_large_tag_is_clamped_not_a_crash() -> None:
+    nb, na = cert(365, 150)
+    assert is_due(nb, na, S, now=NOW, tags={"RenewBeforeDays": "1e300"}).due  # half the life
+    nb, na = cert(365, 200)
+    assert not is_due(nb, na, S, now=NOW, tags={"RenewBeforeDays": "1e300"}).due
 
 
 def test_disabled_certificates_are_not_renewed() -> None:
