@@ -33,7 +33,8 @@ def _outcome_for(snapshot: CertificateSnapshot, template: str, pending: dict[str
     return base
 
 
-@flow(name="renew-certificate", flow_run_name="renew-{vault}-{name}", validate_parameters=True)
+# JSON results, also for a failure: never pickles in result storage.
+@flow(name="renew-certificate", flow_run_name="renew-{vault}-{name}", validate_parameters=True, result_serializer="json")
 def renew_certificate(vault: str, name: str, event_id: str | None = None, force: bool = False) -> dict[str, Any]:
     """Renew certificate ``name`` in ``vault`` through its CA if it is due (or ``force``);
     returns the outcome as a dict."""

@@ -53,7 +53,7 @@ def _renew_one(vault: str, name: str) -> dict[str, Any]:
                 "message": str(exc)}
 
 
-@flow(name="sweep", validate_parameters=True)
+@flow(name="sweep", validate_parameters=True, result_serializer="json")
 def sweep(vaults: list[str] | None = None) -> dict[str, Any]:
     """Renew every due certificate in ``vaults`` (default: all configured vaults)."""
     logger = get_run_logger()

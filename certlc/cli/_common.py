@@ -70,7 +70,8 @@ class _ExpectedErrorsWithoutTraceback(logging.Formatter):
 
 def quiet_expected_tracebacks() -> None:
     """Wrap the console handlers Prefect set up (call after importing Prefect)."""
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.task_engine", "prefect.flow_engine"):
+    # Prefect's console handler sits on the root logger; its API handlers on the run loggers.
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(
                     handler.formatter, _ExpectedErrorsWithoutTraceback):

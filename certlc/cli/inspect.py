@@ -31,11 +31,17 @@ _EKU_NAMES = {
 }
 
 
+# Certificate files are kilobytes; a bundle of thousands of certificates is a few megabytes.
+# Anything bigger is not a certificate file (and /dev/zero never ends).
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+
+
 def inspect(
     file: Path,
     /,
     *,
-    password: Annotated[str | None, Parameter(show_default=False)] = None,
+    password: Annotated[str | None, Parameter(show_default=False, env_var="CERTLC_PASSWORD")] = None,
+    password_file: Annotated[Path | None, Parameter(show_default=False)] = None,
     as_json: Annotated[bool, Parameter(name="--json", negative="")] = False,
 ) -> None:
     """Show the certificates and certificate requests a file holds.
@@ -47,19 +53,31 @@ def inspect(
     Parameters
     ----------
     file
-        The certificate, chain, CSR, PKCS#7 or PFX file.
+        The certificate, chain, CSR, PKCS#7 or PFX file (/dev/stdin reads standard input).
     password
-        Password of a PFX/PKCS#12 file or an encrypted PEM key (never printed).
+        Password of a PFX/PKCS#12 file or an encrypted PEM key (never printed). Prefer
+        --password-file or $CERTLC_PASSWORD: a command-line password shows in ps and history.
+    password_file
+        Read the password from this file (its first line).
     as_json
         Print {"objects": [...], "format_notes": [...]} as JSON instead of tables.
     """
     from certlc.errors import InvalidInput
     from certlc.x509 import describe, load_any
 
+    if password_file is not None:
+        try:
+            password = password_file.read_text(encoding="utf-8").splitlines()[0] if password_file.stat().st_size \
+                else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            exit_with_error(f"cannot read the password file {password_file}: {getattr(exc, 'strerror', None) or exc}", 2)
     try:
-        data = file.read_bytes()
+        with file.open("rb") as handle:
+            data = handle.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         exit_with_error(f"cannot read {file}: {exc.strerror or exc}", 2)
+    if len(data) > MAX_INPUT_BYTES:
+        exit_with_error(f"{file}: larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB, not a certificate file", 2)
     try:
         with warnings.catch_warnings():
             # cryptography warns about odd but readable input (non-positive serials, BER); the
@@ -103,7 +121,8 @@ def _print_tables(file: Path, result: dict[str, Any]) -> None:
     if result["format_notes"]:
         console.print("format: " + "; ".join(result["format_notes"]), markup=False)
     if "key_matches_cert" in result:
-        match = "belongs to a certificate" if result["key_matches_cert"] else "matches no certificate"
+        match = {True: "belongs to a certificate", False: "matches no certificate",
+                 None: "encrypted; give its password to check it against the certificates"}[result["key_matches_cert"]]
         console.print(f"private key: present (not shown), {match}", markup=False)
     for number, obj in enumerate(objects, start=1):
         console.print(_table(obj, f"{number}. {obj['kind']}"))

@@ -371,7 +371,9 @@ def _read_private_key(label: str, body: str, password: bytes | None, found: _Fou
                                                  unsafe_skip_rsa_key_validation=True)
     except _PARSE_ERRORS:
         if encrypted:
-            found.key_present = True  # wrong password: still a key in the file
+            # The caller gave a password for this very key and it does not open it: say so, as
+            # for a PFX, rather than report a key that "matches no certificate".
+            raise InvalidInput("wrong password for the encrypted private key", reason="PasswordWrong") from None
         return  # a bogus key block (test vectors carry one) is not a key
     found.key_present = True
     found.key_ders.append(public_key_der(key))

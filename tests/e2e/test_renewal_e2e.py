@@ -285,6 +285,13 @@ def test_an_unknown_ca_connector_kind_is_refused_before_anything_is_written(stac
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "'nosuchca', which is not a known connector" in proc.stderr
     assert _writes(stack) == writes
+    # Through the sweep the renewal flow itself refuses, at its read step, before any write.
+    swept = stack.certlc("sweep", "--json", config=bad)
+    assert swept.returncode == 1
+    failed = {r["name"]: r for r in json.loads(swept.stdout)["results"]}
+    assert failed["kindless"]["outcome"] == "Failed" and failed["kindless"]["reason"] == "CaKindUnknown"
+    assert "Traceback" not in swept.stderr  # an expected refusal is a line, not a stack dump
+    assert _writes(stack) == writes
 
 
 def _writes(stack: Stack) -> int:
@@ -364,6 +371,7 @@ def test_no_secret_reaches_results_logs_or_output(stack: Stack) -> None:
     assert files, "the flows persisted no results"
     for path in files:
         raw = path.read_text(errors="replace")
+        json.loads(raw)  # results are JSON, never pickles (a pickle would also run code when loaded)
         haystacks[str(path)] = raw
         # Prefect wraps results in JSON; decode any base64 payloads so nothing hides inside them.
         try:
