@@ -182,7 +182,9 @@ def _page(request: Request, listing: Listing) -> dict[str, Any]:
         if not 1 <= size <= PAGE_MAX:
             raise bad_parameter(f"Invalid maxresults {params['maxresults']!r}: use a number from 1 to {PAGE_MAX}.")
     marker = _decode_marker(params.get("$skiptoken"))
-    remaining = [(key, item) for key, item in listing if marker is None or key > marker]
+    # The marker is "everything after this key", so pages must walk the keys in order.
+    ordered = sorted(listing, key=lambda entry: entry[0])
+    remaining = [(key, item) for key, item in ordered if marker is None or key > marker]
     page = remaining[:size]
     next_link = None
     if len(remaining) > size:
