@@ -26,8 +26,10 @@ from azure.core.exceptions import (
 from azure.keyvault.certificates import (
     CertificateClient,
     CertificatePolicy,
+    CertificatePolicyAction,
     KeyCurveName,
     KeyType,
+    LifetimeAction,
     WellKnownIssuerNames,
 )
 from cryptography import x509
@@ -329,9 +331,19 @@ def renewal_policy(client: CertificateClient, snapshot: CertificateSnapshot) -> 
         key_usage=policy.key_usage,
         content_type=policy.content_type,
         validity_in_months=policy.validity_in_months,
-        lifetime_actions=policy.lifetime_actions,
+        lifetime_actions=_manual_issuer_actions(policy.lifetime_actions),
         certificate_transparency=policy.certificate_transparency,
     )
+
+
+def _manual_issuer_actions(actions: list[LifetimeAction] | None) -> list[LifetimeAction] | None:
+    """Key Vault cannot AutoRenew with the Unknown issuer (it has no CA to call): keep the
+    trigger, e-mail the contacts instead. certlc does the renewing."""
+    if not actions:
+        return actions
+    return [LifetimeAction(CertificatePolicyAction.email_contacts, days_before_expiry=a.days_before_expiry,
+                           lifetime_percentage=a.lifetime_percentage)
+            if a.action == CertificatePolicyAction.auto_renew else a for a in actions]
 
 
 def ensure_pending_csr(client: CertificateClient, snapshot: CertificateSnapshot) -> PendingCsr:

@@ -143,3 +143,14 @@ def test_verify_refuses_garbage_from_the_ca(tmp_path: Path) -> None:
     with pytest.raises(TerminalError) as info:
         verify_issued("<html>Disposition message: denied</html>", [], csr.public_bytes(PEM).decode(), snapshot())
     assert info.value.reason == "CertificateUnreadable"
+
+
+def test_auto_renew_lifetime_actions_become_email_for_the_unknown_issuer() -> None:
+    from azure.keyvault.certificates import CertificatePolicyAction, LifetimeAction
+
+    from certlc.vault import _manual_issuer_actions
+
+    actions = _manual_issuer_actions([LifetimeAction(CertificatePolicyAction.auto_renew, lifetime_percentage=80),
+                                      LifetimeAction(CertificatePolicyAction.email_contacts, days_before_expiry=10)])
+    assert [(a.action, a.lifetime_percentage, a.days_before_expiry) for a in actions] == [
+        (CertificatePolicyAction.email_contacts, 80, None), (CertificatePolicyAction.email_contacts, None, 10)]
