@@ -46,7 +46,9 @@ __all__ = [
     "azure_errors",
     "csr_mismatch",
     "desired_sans",
+    "discard_pending",
     "ensure_pending_csr",
+    "kv_subject",
     "list_certificates",
     "merge_issued",
     "parse_iso",
@@ -67,7 +69,8 @@ def validate_name(name: str, vault: str = "") -> str:
     return name
 
 
-_CURVES = {"secp256r1": KeyCurveName.p_256, "secp384r1": KeyCurveName.p_384, "secp521r1": KeyCurveName.p_521}
+_CURVES = {"secp256r1": KeyCurveName.p_256, "secp384r1": KeyCurveName.p_384, "secp521r1": KeyCurveName.p_521,
+           "secp256k1": KeyCurveName.p_256_k}
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -106,15 +109,21 @@ def azure_errors(action: str, vault: str, name: str | None = None) -> Iterator[N
                             vault=vault, certificate=name) from None
     except (ServiceRequestError, ServiceResponseError) as exc:
         detail = _first_line(exc)
-        hint = " — the vault's TLS certificate is not trusted; check azure.ca_bundle" \
-            if "CERTIFICATE_VERIFY_FAILED" in detail else ""
-        raise TransientError(f"{what}: vault unreachable: {detail}{hint}", reason="VaultUnreachable",
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            # Configuration, not weather: retrying will not make the certificate trusted.
+            raise TerminalError(f"{what}: the vault's TLS certificate is not trusted; check azure.ca_bundle "
+                                f"({detail})", reason="VaultTlsUntrusted", vault=vault, certificate=name) from None
+        raise TransientError(f"{what}: vault unreachable: {detail}", reason="VaultUnreachable",
                              vault=vault, certificate=name) from None
     except HttpResponseError as exc:
         status = exc.status_code or 0
         code = getattr(getattr(exc, "error", None), "code", None) or ""
         message = (getattr(getattr(exc, "error", None), "message", None) or exc.reason or "").strip()
         text = f"{what}: vault answered {status} {code}: {message}".rstrip(": ")
+        inner = getattr(getattr(getattr(exc, "error", None), "innererror", None), "code", None) or ""
+        if status == 409 and "Deleted" in (inner or code or message):
+            raise TerminalError(text, reason="ObjectIsDeletedButRecoverable", vault=vault, certificate=name,
+                                status=status) from None
         if status in (408, 409, 429) or status >= 500:
             retry_after = None
             if exc.response is not None:
@@ -257,7 +266,12 @@ def desired_sans(snapshot: CertificateSnapshot) -> dict[str, list[str]]:
         prefix, _, value = entry.partition(":")
         kind = prefix_to_kind.get(prefix)
         if kind is None:
-            continue  # other otherName types cannot be requested through a Key Vault policy
+            # A Key Vault policy can ask only for DNS, IP, e-mail, UPN and URI names; renewing
+            # would silently drop this one, so the certificate is refused instead.
+            raise InvalidInput(
+                f"certificate {snapshot.name!r} has a SAN Key Vault cannot request ({entry[:80]}); renewing "
+                "it would drop that name", reason="SanNotRepresentable", vault=snapshot.vault,
+                certificate=snapshot.name)
         if kind == "dns_names":
             value = dns_a_label(value)
         if value not in kinds[kind]:
@@ -298,10 +312,25 @@ def csr_mismatch(csr: x509.CertificateSigningRequest, snapshot: CertificateSnaps
     return None
 
 
+def _parse_csr(der: bytes, vault: str, name: str) -> x509.CertificateSigningRequest:
+    try:
+        return x509.load_der_x509_csr(der)
+    except ValueError:
+        raise TerminalError(f"{vault}/{name}: Key Vault's pending CSR is not a DER PKCS#10 request",
+                            reason="CsrUnreadable", vault=vault, certificate=name) from None
+
+
 def _csr_pem(raw: bytes | str) -> str:
     der = base64.b64decode(raw) if isinstance(raw, str) else bytes(raw)
     csr = x509.load_der_x509_csr(der)
     return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def kv_subject(rfc4514: str) -> str:
+    """The subject as a Key Vault policy names it: RFC 4514, but e-mail as ``E=`` (as Windows and
+    Key Vault print it) rather than the dotted OID RFC 4514 falls back to."""
+    name = x509.Name.from_rfc4514_string(rfc4514)
+    return name.rfc4514_string({x509.NameOID.EMAIL_ADDRESS: "E"})
 
 
 def renewal_policy(client: CertificateClient, snapshot: CertificateSnapshot) -> CertificatePolicy:
@@ -311,12 +340,16 @@ def renewal_policy(client: CertificateClient, snapshot: CertificateSnapshot) -> 
         policy = client.get_certificate_policy(snapshot.name)
     sans = desired_sans(snapshot)
     key = snapshot.key
+    if key.get("type") not in ("RSA", "EC") or (key.get("type") == "EC" and key.get("curve") not in _CURVES):
+        raise InvalidInput(f"certificate {snapshot.name!r} has a {key.get('type')} {key.get('curve') or ''} key, "
+                           "which Key Vault cannot generate", reason="KeyTypeUnsupported", vault=snapshot.vault,
+                           certificate=snapshot.name)
     key_type = KeyType.ec if key.get("type") == "EC" else KeyType.rsa
     if policy.key_type in (KeyType.ec_hsm, KeyType.rsa_hsm):
         key_type = KeyType.ec_hsm if key_type == KeyType.ec else KeyType.rsa_hsm
     return CertificatePolicy(
         issuer_name=WellKnownIssuerNames.unknown,
-        subject=snapshot.subject,
+        subject=kv_subject(snapshot.subject),
         san_dns_names=sans["dns_names"] or None,
         san_ip_addresses=sans["ip_addresses"] or None,
         san_emails=sans["emails"] or None,
@@ -364,7 +397,10 @@ def ensure_pending_csr(client: CertificateClient, snapshot: CertificateSnapshot)
         elif not operation.csr:
             replaced = "it holds no CSR"
         else:
-            mismatch = csr_mismatch(x509.load_der_x509_csr(bytes(operation.csr)), snapshot)
+            try:
+                mismatch = csr_mismatch(_parse_csr(bytes(operation.csr), vault, name), snapshot)
+            except TerminalError as exc:
+                mismatch = exc.message
             if mismatch is None:
                 return PendingCsr(request_id=operation.request_id or "", csr_pem=_csr_pem(bytes(operation.csr)),
                                   reused=True)
@@ -382,7 +418,29 @@ def ensure_pending_csr(client: CertificateClient, snapshot: CertificateSnapshot)
     if not csr_raw:
         raise TerminalError(f"create pending version ({vault}/{name}): Key Vault returned no CSR",
                             reason="NoCsr", vault=vault, certificate=name)
+    mismatch = csr_mismatch(_parse_csr(bytes(csr_raw), vault, name), snapshot)
+    if mismatch is not None:
+        # Never send the CA a request for something else than the certificate we renew: each
+        # sweep would have it issue a certificate that verification then refuses.
+        with contextlib.suppress(CertlcError), azure_errors("delete mismatching pending operation", vault, name):
+            client.delete_certificate_operation(name)
+        raise TerminalError(f"create pending version ({vault}/{name}): Key Vault made a CSR that does not match "
+                            f"the certificate: {mismatch}", reason="CsrMismatch", vault=vault, certificate=name)
     return PendingCsr(request_id=request_id, csr_pem=_csr_pem(bytes(csr_raw)), reused=False, replaced=replaced)
+
+
+def discard_pending(client: CertificateClient, snapshot: CertificateSnapshot, pending: PendingCsr) -> bool:
+    """Delete the pending operation if it is still ours (same Key Vault request); True if deleted."""
+    vault, name = snapshot.vault, snapshot.name
+    operation = None
+    with contextlib.suppress(InvalidInput), azure_errors("read pending operation", vault, name):
+        operation = client.get_certificate_operation(name)
+    if operation is None or (operation.status or "").lower() != "inprogress" \
+            or (pending.request_id and operation.request_id != pending.request_id):
+        return False
+    with contextlib.suppress(InvalidInput), azure_errors("delete pending operation", vault, name):
+        client.delete_certificate_operation(name)
+    return True
 
 
 # --- merge ---------------------------------------------------------------------------------------
@@ -397,11 +455,6 @@ class MergeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _public_key_der(obj: Any) -> bytes:
-    return obj.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _result_from_bundle(bundle: Any, already: bool) -> MergeResult:
@@ -419,22 +472,31 @@ def merge_issued(client: CertificateClient, snapshot: CertificateSnapshot, pendi
                  chain: list[x509.Certificate]) -> MergeResult:
     """Merge the verified ``chain`` (leaf first) into the pending operation; re-apply the tags.
 
-    Idempotent: when the latest version already holds the pending key (a crash after the merge),
-    that version is returned and nothing is written.
+    Idempotent: when the latest version is already this very leaf (another run merged it a
+    moment ago), that version is returned and nothing is written.
     """
     vault, name = snapshot.vault, snapshot.name
-    csr = x509.load_pem_x509_csr(pending.csr_pem.encode())
+    leaf_thumbprint = sha1_thumbprint(chain[0])
+
+    def merged_already() -> Any:
+        # Our merge happened iff the latest version is a *new* version holding the CA's leaf. The
+        # key alone would not do: with reuse_key the old version holds the same key.
+        with azure_errors("read certificate", vault, name):
+            latest = client.get_certificate(name)
+        if latest.cer and latest.properties.version != snapshot.version \
+                and sha1_thumbprint(x509.load_der_x509_certificate(bytes(latest.cer))) == leaf_thumbprint:
+            return latest
+        return None
+
     operation = None
     with contextlib.suppress(InvalidInput), azure_errors("read pending operation", vault, name):
         operation = client.get_certificate_operation(name)
     if operation is None or (operation.status or "").lower() != "inprogress":
-        with azure_errors("read certificate", vault, name):
-            latest = client.get_certificate(name)
-        if latest.cer and _public_key_der(x509.load_der_x509_certificate(bytes(latest.cer))) == _public_key_der(csr):
+        if (latest := merged_already()) is not None:
             return _result_from_bundle(latest, already=True)
         raise TerminalError(
-            f"merge ({vault}/{name}): the pending operation {pending.request_id} is gone and no version holds its key",
-            reason="PendingOperationMissing", vault=vault, certificate=name)
+            f"merge ({vault}/{name}): the pending operation {pending.request_id} is gone and no new version holds "
+            "the issued certificate", reason="PendingOperationMissing", vault=vault, certificate=name)
     if pending.request_id and operation.request_id and operation.request_id != pending.request_id:
         raise TerminalError(
             f"merge ({vault}/{name}): the pending operation was replaced ({operation.request_id}), "
@@ -445,11 +507,9 @@ def merge_issued(client: CertificateClient, snapshot: CertificateSnapshot, pendi
         with azure_errors("merge", vault, name):
             merged = client.merge_certificate(name, der_chain, tags=snapshot.tags or None)
     except (TerminalError, InvalidInput):
-        # Another run may have merged the same pending operation a moment ago: then the latest
-        # version holds our key and the renewal is done, not failed.
-        with azure_errors("read certificate", vault, name):
-            latest = client.get_certificate(name)
-        if latest.cer and _public_key_der(x509.load_der_x509_certificate(bytes(latest.cer))) == _public_key_der(csr):
+        # Another run may have merged the same pending operation a moment ago: then the renewal
+        # is done, not failed. Anything else (e.g. "the CSR has already been used") stands.
+        if (latest := merged_already()) is not None:
             return _result_from_bundle(latest, already=True)
         raise
     return _result_from_bundle(merged, already=False)

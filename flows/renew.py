@@ -11,8 +11,8 @@ from certlc.ca import Disposition, DispositionStatus
 from certlc.errors import CertlcError
 from certlc.renewal import Outcome
 from certlc.vault import CertificateSnapshot
-from tasks._policy import current_settings
-from tasks.create_csr import create_csr
+from tasks._policy import current_settings, stored
+from tasks.create_csr import create_csr, discard_csr
 from tasks.fetch_event import fetch_event
 from tasks.lock import certificate_lock
 from tasks.log_outcome import log_outcome
@@ -40,7 +40,7 @@ def renew_certificate(vault: str, name: str, event_id: str | None = None, force:
     returns the outcome as a dict."""
     with contextlib.ExitStack() as held:
         try:
-            request = fetch_event(vault, name, event_id)
+            request = stored(fetch_event)(vault, name, event_id)
             # One renewal of a certificate at a time: a racing duplicate waits, then finds it not due.
             held.enter_context(certificate_lock(request["vault"], request["name"],
                                                 lease_seconds=current_settings().renewal.lock_lease_seconds))
@@ -58,14 +58,14 @@ def _report_failure(vault: str, name: str, exc: CertlcError, snapshot: Certifica
                       old_thumbprint=snapshot.thumbprint if snapshot else None,
                       old_not_after=snapshot.not_after if snapshot else None, template=template)
     if snapshot is not None:
-        notify(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
-    log_outcome(outcome.to_dict())
+        stored(notify)(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
+    stored(log_outcome)(outcome.to_dict())
 
 
 def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
     logger = get_run_logger()
     try:
-        current = read_certificate(request)
+        current = stored(read_certificate)(request)
     except CertlcError as exc:
         _report_failure(request["vault"], request["name"], exc, None, None)
         raise
@@ -78,16 +78,22 @@ def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
                        old_version=snapshot.version, old_thumbprint=snapshot.thumbprint,
                        old_not_after=snapshot.not_after, template=template).to_dict()
     try:
-        pending = create_csr(current["snapshot"])
-        disposition = Disposition.from_dict(submit_to_ca(current["snapshot"], pending, template))
+        pending = stored(create_csr)(current["snapshot"])
+        disposition = Disposition.from_dict(
+            stored(submit_to_ca)(current["snapshot"], pending, template, current["ca_profile"]))
         if disposition.status is DispositionStatus.PENDING:
             # Held for a CA manager: ask again now (it may have been approved since the first
             # submission); otherwise the next sweep asks again.
-            disposition = Disposition.from_dict(retrieve_from_ca(current["snapshot"], disposition.request_id))
+            disposition = Disposition.from_dict(
+                stored(retrieve_from_ca)(current["snapshot"], disposition.request_id, current["ca_profile"]))
+        if disposition.status is DispositionStatus.DENIED:
+            # Leave the vault as it was: the next attempt (after the template, the tag or the CA
+            # is fixed) starts from a fresh CSR, and so from a fresh CA submission.
+            stored(discard_csr)(current["snapshot"], pending)
         if disposition.status is not DispositionStatus.ISSUED:
             outcome = _outcome_for(snapshot, template, pending, disposition)
         else:
-            merged = merge(current["snapshot"], pending, disposition.to_dict())
+            merged = stored(merge)(current["snapshot"], pending, disposition.to_dict())
             outcome = Outcome(
                 vault=snapshot.vault, name=snapshot.name,
                 outcome="AlreadyRenewed" if merged["already_merged"] else "Renewed",
@@ -100,6 +106,6 @@ def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
     except CertlcError as exc:
         _report_failure(snapshot.vault, snapshot.name, exc, snapshot, template)
         raise
-    notify(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
-    log_outcome(outcome.to_dict())
+    stored(notify)(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
+    stored(log_outcome)(outcome.to_dict())
     return outcome.to_dict()

@@ -7,6 +7,7 @@ the UI); concurrency is bounded by ``renewal.concurrency``.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,7 +20,7 @@ from certlc.errors import CertlcError
 from certlc.policy import is_due
 from certlc.vault import list_certificates
 from flows.renew import renew_certificate
-from tasks._policy import PERSIST, RETRY, current_settings
+from tasks._policy import PERSIST, RETRY, current_settings, stored
 
 
 @task(name="find-due", cache_policy=None, **RETRY, **PERSIST)
@@ -49,8 +50,10 @@ def _renew_one(vault: str, name: str) -> dict[str, Any]:
     except CertlcError as exc:
         return {"vault": vault, "name": name, "outcome": "Failed", "reason": exc.reason, "message": exc.message}
     except Exception as exc:  # a crash in one renewal must not stop the others
+        # Only the exception's class reaches the summary artifact: an arbitrary message could
+        # carry a URL with credentials. The run's own log holds the details.
         return {"vault": vault, "name": name, "outcome": "Failed", "reason": type(exc).__name__,
-                "message": str(exc)}
+                "message": "unexpected error; see the renew-certificate run's log"}
 
 
 @flow(name="sweep", validate_parameters=True, result_serializer="json")
@@ -63,11 +66,14 @@ def sweep(vaults: list[str] | None = None) -> dict[str, Any]:
         settings.vault(name)  # refuse unknown vaults before touching any
     inventory: list[dict[str, Any]] = []
     for name in names:
-        inventory.extend(find_due(name))
+        inventory.extend(stored(find_due)(name))
     due = [c for c in inventory if c["due"]]
     logger.info("sweep: %d certificate(s) in %d vault(s), %d due", len(inventory), len(names), len(due))
     with ThreadPoolExecutor(max_workers=settings.renewal.concurrency, thread_name_prefix="renew") as pool:
-        results = list(pool.map(lambda c: _renew_one(c["vault"], c["name"]), due))
+        # Each renewal runs in a copy of this flow's context, so Prefect records it as a child
+        # run of the sweep (and cancelling the sweep reaches it).
+        futures = [pool.submit(contextvars.copy_context().run, _renew_one, c["vault"], c["name"]) for c in due]
+        results = [f.result() for f in futures]
     by_key = {(r["vault"], r["name"]): r for r in results}
     rows = []
     for cert in inventory:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from prefect import Task
 from prefect.tasks import exponential_backoff
 
 from certlc.config import Settings, load_settings
 from certlc.errors import TransientError
 
-__all__ = ["RETRY", "current_settings", "retry_transient", "step_key"]
+__all__ = ["PERSIST", "RETRY", "current_settings", "retry_transient", "step_key", "stored"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -37,6 +41,12 @@ RETRY: dict[str, Any] = {
 }
 
 PERSIST: dict[str, Any] = {"persist_result": True, "result_serializer": "json"}
+
+
+def stored(step: Task[P, R]) -> Task[P, R]:
+    """``step`` writing its results under certlc's ``results_dir``: the directory every worker of
+    a pool must share, since the cached CA submission there is what stops a second submission."""
+    return step.with_options(result_storage=current_settings().results_path)
 
 
 @functools.cache

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from certlc.clients import certificate_client
-from certlc.vault import CertificateSnapshot, ensure_pending_csr
+from certlc.vault import CertificateSnapshot, PendingCsr, discard_pending, ensure_pending_csr
 from tasks._policy import PERSIST, RETRY, current_settings
 
 
@@ -28,3 +28,16 @@ def create_csr(snapshot: dict[str, Any]) -> dict[str, Any]:
         "reusing the" if pending.reused else "created a", pending.request_id,
     )
     return pending.to_dict()
+
+
+@task(name="discard-csr", cache_policy=None, **RETRY, **PERSIST)
+def discard_csr(snapshot: dict[str, Any], pending: dict[str, Any]) -> bool:
+    """Delete our pending operation (after a denial); True if there was one to delete."""
+    settings = current_settings()
+    snap = CertificateSnapshot.from_dict(snapshot)
+    deleted = discard_pending(certificate_client(settings.vault(snap.vault), settings), snap,
+                              PendingCsr.from_dict(pending))
+    if deleted:
+        get_run_logger().info("%s/%s: deleted pending version (Key Vault request %s)", snap.vault, snap.name,
+                              pending["request_id"])
+    return deleted

@@ -13,7 +13,9 @@ from tasks._policy import PERSIST
 
 def _key(context: Any, parameters: dict[str, Any]) -> str:
     o = parameters["outcome"]
-    return f"certlc-{o['vault']}-{o['name']}-{o['old_version']}-notify-{o['outcome']}-{o['kv_request_id']}"
+    # One message per version, outcome, reason and request: a retried run does not repeat it,
+    # a different failure does get through.
+    return f"certlc-{o['vault']}-{o['name']}-{o['old_version']}-notify-{o['outcome']}-{o['reason']}-{o['kv_request_id']}"
 
 
 @task(name="notify", cache_key_fn=_key, **PERSIST)

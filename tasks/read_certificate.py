@@ -23,4 +23,5 @@ def read_certificate(request: dict[str, Any]) -> dict[str, Any]:
     snapshot = read_snapshot(certificate_client(vault, settings), vault.name, request["name"])
     template = resolve_template(snapshot, settings.ca_profile_for(vault), settings)
     due, reason = due_status(snapshot, settings)
-    return {"snapshot": snapshot.to_dict(), "template": template, "due": due, "due_reason": reason}
+    return {"snapshot": snapshot.to_dict(), "template": template, "ca_profile": vault.ca_profile, "due": due,
+            "due_reason": reason}

@@ -17,27 +17,26 @@ from certlc.vault import CertificateSnapshot, PendingCsr
 from tasks._policy import PERSIST, RETRY, current_settings, step_key
 
 
-# The template is part of the key: after a denial for a wrong template, fixing the Template tag
-# must lead to a new submission, not to the cached denial.
-@task(name="submit-to-ca", cache_key_fn=step_key("submit", "pending.request_id", "template"),
-      cache_expiration=timedelta(days=30), **RETRY, **PERSIST)
-def submit_to_ca(snapshot: dict[str, Any], pending: dict[str, Any], template: str) -> dict[str, Any]:
+# Keyed on the Key Vault request, the template and the CA profile: one submission per pending
+# CSR; a changed template or CA profile means a new submission. Kept long enough for a CA
+# manager's approval to come.
+@task(name="submit-to-ca", cache_key_fn=step_key("submit", "pending.request_id", "template", "ca_profile"),
+      cache_expiration=timedelta(days=90), **RETRY, **PERSIST)
+def submit_to_ca(snapshot: dict[str, Any], pending: dict[str, Any], template: str, ca_profile: str) -> dict[str, Any]:
     settings = current_settings()
     snap = CertificateSnapshot.from_dict(snapshot)
-    vault = settings.vault(snap.vault)
-    connector = connector_for(vault.ca_profile, settings)
+    connector = connector_for(ca_profile, settings)
     disposition = connector.submit(signing_request(snap, PendingCsr.from_dict(pending), template))
     get_run_logger().info("%s/%s: CA profile %s answered %s (CA request %s) %s", snap.vault, snap.name,
-                          vault.ca_profile, disposition.status.value, disposition.request_id, disposition.message)
+                          ca_profile, disposition.status.value, disposition.request_id, disposition.message)
     return disposition.to_dict()
 
 
 @task(name="retrieve-from-ca", cache_policy=None, **RETRY, **PERSIST)
-def retrieve_from_ca(snapshot: dict[str, Any], ca_request_id: str) -> dict[str, Any]:
+def retrieve_from_ca(snapshot: dict[str, Any], ca_request_id: str, ca_profile: str) -> dict[str, Any]:
     settings = current_settings()
     snap = CertificateSnapshot.from_dict(snapshot)
-    vault = settings.vault(snap.vault)
-    disposition: Disposition = connector_for(vault.ca_profile, settings).retrieve(ca_request_id)
+    disposition: Disposition = connector_for(ca_profile, settings).retrieve(ca_request_id)
     get_run_logger().info("%s/%s: CA request %s is %s", snap.vault, snap.name, ca_request_id,
                           disposition.status.value)
     return disposition.to_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
@@ -33,10 +34,17 @@ def _plugins() -> None:
             register(ep.name, ep.load())
 
 
+_loading = threading.Lock()
+_loaded = False
+
+
 def known_kinds() -> list[str]:
-    if not _FACTORIES:
-        _builtin()
-        _plugins()
+    global _loaded
+    with _loading:  # sweep threads may ask at once; load the registry exactly once
+        if not _loaded:
+            _builtin()
+            _plugins()
+            _loaded = True
     return sorted(_FACTORIES)
 
 

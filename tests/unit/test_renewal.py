@@ -11,14 +11,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from certlc.ca.devca import DevCA
-from certlc.config import CAProfile, TemplateSpec, load_settings
+from certlc.config import CAProfile, Settings, TemplateSpec
 from certlc.errors import InvalidInput, TerminalError
 from certlc.renewal import resolve_template
 from certlc.vault import CertificateSnapshot, _snapshot, csr_mismatch, desired_sans
 from certlc.verify import verify_issued
 
 PEM = serialization.Encoding.PEM
-SETTINGS = load_settings()
+# Built from defaults alone: a developer's CERTLC_* environment must not change these tests.
+SETTINGS = Settings.model_validate({})
 OID = "1.3.6.1.4.1.311.21.8.5.6.7"
 
 
