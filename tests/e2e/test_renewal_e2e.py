@@ -172,7 +172,7 @@ CRASH_AFTER_CSR = textwrap.dedent("""
     import flows.renew as renew
 
     @task(name="submit-to-ca")
-    def killed(snapshot, pending, template):
+    def killed(snapshot, pending, template, ca_profile):
         # The process dies here, after the CSR step completed and before the CA saw anything.
         os.kill(os.getpid(), signal.SIGKILL)
 
