@@ -7,12 +7,12 @@ caching and logging around them.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from certlc.ca.base import SigningRequest
 from certlc.config import CAProfile, Settings
-from certlc.errors import ConfigError, InvalidInput
+from certlc.errors import InvalidInput
 from certlc.policy import is_due
 from certlc.vault import CertificateSnapshot, PendingCsr, parse_iso
 
@@ -68,13 +68,6 @@ def due_status(snapshot: CertificateSnapshot, settings: Settings, now: dt.dateti
     return due.due, due.reason
 
 
-def require_known_profile(settings: Settings, name: str) -> CAProfile:
-    try:
-        return settings.ca_profiles[name]
-    except KeyError:
-        raise ConfigError(f"CA profile {name!r} is not defined", reason="CaProfileMissing") from None
-
-
 @dataclass
 class Outcome:
     """What happened to one certificate: stable ``outcome`` + ``reason`` and a human message. JSON-able."""
@@ -93,7 +86,6 @@ class Outcome:
     template: str | None = None
     ca_request_id: str | None = None
     kv_request_id: str | None = None
-    recipients: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

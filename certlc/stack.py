@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +47,6 @@ class LocalStack:
     """Processes started for a run; ``stop()`` ends them in reverse order."""
 
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -107,11 +105,3 @@ def start_prefect_server(home: Path, log: Path, timeout: float = 180) -> tuple[s
         time.sleep(0.5)
     _stop(proc)
     raise CertlcError(f"the Prefect server did not answer within {timeout:.0f} s; see {log}", reason="PrefectFailed")
-
-
-@contextlib.contextmanager
-def running(stack: LocalStack) -> Iterator[LocalStack]:
-    try:
-        yield stack
-    finally:
-        stack.stop()

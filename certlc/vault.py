@@ -118,7 +118,8 @@ def azure_errors(action: str, vault: str, name: str | None = None) -> Iterator[N
     except HttpResponseError as exc:
         status = exc.status_code or 0
         code = getattr(getattr(exc, "error", None), "code", None) or ""
-        message = (getattr(getattr(exc, "error", None), "message", None) or exc.reason or "").strip()
+        message = (getattr(getattr(exc, "error", None), "message", None)
+                   or _first_line(exc) or exc.reason or "").strip()
         text = f"{what}: vault answered {status} {code}: {message}".rstrip(": ")
         inner = getattr(getattr(getattr(exc, "error", None), "innererror", None), "code", None) or ""
         if status == 409 and "Deleted" in (inner or code or message):

@@ -355,6 +355,10 @@ def _secret_needles(stack: Stack) -> dict[str, str]:
     needles = {"PEM private key": "PRIVATE KEY-----", "identity header": stack.env["IDENTITY_HEADER"]}
     token = DefaultAzureCredential(managed_identity_client_id=WORKER).get_token("https://vault.azure.net/.default").token
     needles["worker token"] = token
+    for key_file in stack.settings.devca_path.glob("*.key"):  # the CA's own keys
+        der = serialization.load_pem_private_key(key_file.read_bytes(), None).private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        needles[f"dev CA key {key_file.name}"] = base64.b64encode(der).decode()[60:120]
     for prop in stack.client().list_properties_of_certificates():
         secret = stack.secrets().get_secret(prop.name)
         needles[f"PFX of {prop.name}"] = secret.value[100:160]
