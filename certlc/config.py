@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from certlc.errors import ConfigError
@@ -34,6 +34,7 @@ __all__ = [
     "Settings",
     "TemplateSpec",
     "VaultSettings",
+    "WebhookSettings",
     "deep_merge",
     "is_loopback_url",
     "load_settings",
@@ -182,6 +183,24 @@ class RenewalSettings(_Model):
     )
 
 
+class WebhookSettings(_Model):
+    """The Event Grid receiver (certlc webhook)."""
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8080, ge=0, description="Port to listen on.")
+    shared_key: SecretStr | None = Field(
+        default=None,
+        description="Key every delivery must carry (query parameter 'key' or header 'X-Certlc-Key'); "
+        "put it in the Event Grid subscription's endpoint URL.",
+    )
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=8 * 1024 * 1024,
+                                description="Largest delivery accepted (Event Grid sends at most 1 MB).")
+    allowed_origins: list[str] = Field(
+        default=["eventgrid.azure.net"],
+        description="CloudEvents handshake: sender origins (WebHook-Request-Origin) to consent to; '*' for any.",
+    )
+
+
 class EmulatorSettings(_Model):
     """The local Key Vault emulator (certlc emulator)."""
 
@@ -212,6 +231,7 @@ class Settings(BaseSettings):
     renewal: RenewalSettings = Field(default_factory=RenewalSettings)
     devca: DevCASettings = Field(default_factory=DevCASettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     results_dir: Path | None = Field(default=None, description="Prefect result storage; default <state_dir>/results.")
 
     @model_validator(mode="after")

@@ -1,0 +1,150 @@
+"""The Event Grid receiver: authenticate a delivery, answer the handshakes, hand events on.
+
+The ASGI app is built around an :class:`EventSink` (what to do with an accepted event: put it on
+the storage queue and start the renewal flow run), so the HTTP contract is the same whatever
+the sink. Contract, as Event Grid expects it:
+
+* every request carries the shared key (query ``key=`` or header ``X-Certlc-Key``), compared in
+  constant time; missing or wrong → 401 (Event Grid does not retry 401);
+* Event Grid schema handshake: a ``SubscriptionValidationEvent`` is answered 200 with
+  ``{"validationResponse": <code>}``; CloudEvents handshake: ``OPTIONS`` with
+  ``WebHook-Request-Origin`` is answered with ``WebHook-Allowed-Origin`` for allowed origins;
+* a body over the size limit → 413; not JSON or not an event → 400; a content type that is not
+  JSON → 415; an event for a vault not in the configuration → 400, and that vault is never
+  contacted; an event type certlc does not handle → 400 naming it. In all these cases nothing
+  is handed on: a delivery is checked whole before any of its events is;
+* the answer is 200 only after the sink took every event; a sink failure → 503, so Event Grid
+  delivers again (the sink's idempotency keys make that harmless).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from certlc.config import Settings, VaultSettings
+from certlc.errors import CertlcError, InvalidInput
+from certlc.events import EventType, KeyVaultEvent, UnrecognizedEvent, ValidationEvent, parse_delivery, vault_for
+
+__all__ = ["AcceptedEvent", "EventSink", "create_app"]
+
+log = logging.getLogger("certlc.webhook")
+
+# Key Vault events that call for a renewal; NewVersionCreated is accepted and needs nothing.
+RENEWING = {EventType.NEAR_EXPIRY, EventType.EXPIRED}
+JSON_TYPES = ("application/json", "application/cloudevents+json", "application/cloudevents-batch+json")
+
+
+@dataclass(frozen=True)
+class AcceptedEvent:
+    event: KeyVaultEvent
+    vault: VaultSettings
+
+
+class EventSink(Protocol):
+    """Where accepted events go. ``accept`` must be idempotent per event id, and raise on failure."""
+
+    def accept(self, events: Sequence[AcceptedEvent]) -> None: ...
+
+
+def _error(status: int, reason: str, message: str) -> JSONResponse:
+    log.warning("webhook: refused delivery (%d %s): %s", status, reason, message)
+    return JSONResponse({"error": {"code": reason, "message": message}}, status_code=status)
+
+
+def _authenticated(request: Request, settings: Settings) -> bool:
+    expected = settings.webhook.shared_key
+    if expected is None:
+        return True  # no key configured: authentication is left to the network (documented)
+    given = request.query_params.get("key") or request.headers.get("x-certlc-key") or ""
+    return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it is over ``limit`` (read no further than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings, sink: EventSink) -> Starlette:
+    async def deliver(request: Request) -> Response:
+        if not _authenticated(request, settings):
+            return _error(401, "Unauthorized", "delivery without the shared key, or with a wrong one")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in JSON_TYPES:
+            return _error(415, "UnsupportedMediaType", f"content type {content_type or 'none'!r} is not JSON")
+        body = await _read_body(request, settings.webhook.max_body_bytes)
+        if body is None:
+            return _error(413, "PayloadTooLarge", f"delivery exceeds {settings.webhook.max_body_bytes} bytes")
+        try:
+            events = parse_delivery(body)
+        except InvalidInput as exc:
+            return _error(400, exc.reason, exc.message)
+        handshakes = [e for e in events if isinstance(e, ValidationEvent)]
+        if handshakes:
+            log.info("webhook: subscription validation answered (event %s)", handshakes[0].id)
+            return JSONResponse({"validationResponse": handshakes[0].validation_code})
+        accepted: list[AcceptedEvent] = []
+        for event in events:
+            if isinstance(event, UnrecognizedEvent):
+                return _error(400, "EventTypeUnsupported",
+                              f"event {event.id!r} has type {event.type!r}, which certlc does not handle")
+            assert isinstance(event, KeyVaultEvent)
+            try:
+                vault = vault_for(event, settings)
+            except InvalidInput as exc:
+                return _error(400, exc.reason, exc.message)
+            if event.type in RENEWING:
+                accepted.append(AcceptedEvent(event, vault))
+        try:
+            sink.accept(accepted)
+        except CertlcError as exc:
+            log.error("webhook: could not hand on %d event(s): %s", len(accepted), exc.message)
+            return JSONResponse({"error": {"code": exc.reason, "message": "try again later"}}, status_code=503)
+        except Exception as exc:  # never a 200 for an event that was not handed on
+            log.error("webhook: could not hand on %d event(s): %s", len(accepted), type(exc).__name__)
+            return JSONResponse({"error": {"code": "Unavailable", "message": "try again later"}}, status_code=503)
+        for item in accepted:
+            log.info("webhook: accepted %s for %s/%s version %s (event %s)", item.event.type.value,
+                     item.vault.name, item.event.object_name, item.event.version, item.event.id)
+        return JSONResponse({"accepted": [a.event.id for a in accepted]})
+
+    async def handshake(request: Request) -> Response:
+        # CloudEvents webhook validation (abuse protection): consent by echoing the origin.
+        if not _authenticated(request, settings):
+            return _error(401, "Unauthorized", "handshake without the shared key, or with a wrong one")
+        origin = request.headers.get("webhook-request-origin", "").strip()
+        allowed = settings.webhook.allowed_origins
+        if not origin or ("*" not in allowed and not any(origin == a or origin.endswith("." + a) for a in allowed)):
+            return _error(403, "OriginNotAllowed", f"origin {origin or 'none'!r} is not allowed to deliver here")
+        headers = {"WebHook-Allowed-Origin": origin, "Allow": "POST, OPTIONS"}
+        rate = request.headers.get("webhook-request-rate")
+        if rate:
+            headers["WebHook-Allowed-Rate"] = rate
+        return Response(status_code=200, headers=headers)
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[
+        Route("/api/events", deliver, methods=["POST"]),
+        Route("/api/events", handshake, methods=["OPTIONS"]),
+        Route("/healthz", health, methods=["GET"]),
+    ])
