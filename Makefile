@@ -14,21 +14,27 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
+# Azurite (the Azure Storage emulator) for the queue, pinned in package-lock.json.
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "certlc needs Node.js and npm for Azurite (apt-get install nodejs npm)"; exit 1; }
+	npm ci --no-audit --no-fund --silent
+	@touch $@
+
 demo: venv
 	$(BIN)/certlc demo
 
-test: venv
+test: venv node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 unit: venv
 	$(BIN)/pytest tests/unit
 
-e2e: venv
+e2e: venv node_modules/.installed
 	$(BIN)/pytest tests/e2e
 
 lint: venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .certlc .pytest_cache test-artifacts
+	rm -rf $(VENV) .certlc .pytest_cache test-artifacts node_modules

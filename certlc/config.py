@@ -30,6 +30,7 @@ __all__ = [
     "CAProfile",
     "DevCASettings",
     "EmulatorSettings",
+    "QueueSettings",
     "RenewalSettings",
     "Settings",
     "TemplateSpec",
@@ -183,6 +184,22 @@ class RenewalSettings(_Model):
     )
 
 
+class QueueSettings(_Model):
+    """The storage queue Event Grid writes near-expiry events to (Azure Storage or Azurite)."""
+
+    connection_string: SecretStr | None = Field(
+        default=None, description="Storage connection string (Azurite locally); else account_url + credential.")
+    account_url: str | None = Field(default=None, description="https://<account>.queue.core.windows.net")
+    name: str = Field(default="certlc", description="Queue Event Grid writes to.")
+    dead_letter_name: str = Field(default="certlc-poison", description="Where messages go after max_dequeues.")
+    visibility_timeout_seconds: int = Field(
+        default=1800, ge=30, le=7 * 24 * 3600,
+        description="How long a received message stays hidden: longer than a renewal takes.")
+    max_dequeues: int = Field(default=5, ge=1, le=100, description="Receives before a message is dead-lettered.")
+    api_version: str | None = Field(
+        default=None, description="Storage API version to speak (Azurite 3.35 knows up to 2025-11-05).")
+
+
 class WebhookSettings(_Model):
     """The Event Grid receiver (certlc webhook)."""
 
@@ -232,6 +249,7 @@ class Settings(BaseSettings):
     devca: DevCASettings = Field(default_factory=DevCASettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
     results_dir: Path | None = Field(default=None, description="Prefect result storage; default <state_dir>/results.")
 
     @model_validator(mode="after")

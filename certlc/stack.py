@@ -20,7 +20,14 @@ import httpx
 
 from certlc.errors import CertlcError
 
-__all__ = ["LocalStack", "free_port", "start_emulator", "start_prefect_server"]
+__all__ = [
+    "LocalStack",
+    "azurite_connection_string",
+    "free_port",
+    "start_azurite",
+    "start_emulator",
+    "start_prefect_server",
+]
 
 CLI = [sys.executable, "-c", "from certlc.cli import main; main()"]
 
@@ -105,3 +112,37 @@ def start_prefect_server(home: Path, log: Path, timeout: float = 180) -> tuple[s
         time.sleep(0.5)
     _stop(proc)
     raise CertlcError(f"the Prefect server did not answer within {timeout:.0f} s; see {log}", reason="PrefectFailed")
+
+
+# The well-known development account every Azurite instance serves (public, not a secret).
+AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azurite_connection_string(port: int) -> str:
+    return ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_ACCOUNT_KEY};QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+
+
+def start_azurite(root: Path, log: Path, timeout: float = 30) -> tuple[subprocess.Popen[bytes], int]:
+    """Start Azurite's queue service (installed by `npm ci` into ``root``/node_modules) in memory."""
+    binary = root / "node_modules" / ".bin" / "azurite-queue"
+    if not binary.exists():
+        raise CertlcError(f"Azurite is not installed ({binary} missing); run `npm ci` (make does it)",
+                          reason="AzuriteMissing")
+    port = free_port()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        # --skipApiVersionCheck: the Python SDK speaks a newer storage API version than Azurite knows.
+        proc = subprocess.Popen([str(binary), "--queueHost", "127.0.0.1", "--queuePort", str(port),
+                                 "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--silent"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CertlcError(f"Azurite exited with code {proc.returncode}; see {log}", reason="AzuriteFailed")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        time.sleep(0.2)
+    _stop(proc)
+    raise CertlcError(f"Azurite did not start within {timeout:.0f} s; see {log}", reason="AzuriteFailed")
