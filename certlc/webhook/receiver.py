@@ -5,7 +5,8 @@ the storage queue and start the renewal flow run), so the HTTP contract is the s
 the sink. Contract, as Event Grid expects it:
 
 * every request carries the shared key (query ``key=`` or header ``X-Certlc-Key``), compared in
-  constant time; missing or wrong → 401 (Event Grid does not retry 401);
+  constant time; missing or wrong → 401 (Event Grid does not retry 401); with no key configured
+  every delivery is refused (fail closed);
 * Event Grid schema handshake: a ``SubscriptionValidationEvent`` is answered 200 with
   ``{"validationResponse": <code>}``; CloudEvents handshake: ``OPTIONS`` with
   ``WebHook-Request-Origin`` is answered with ``WebHook-Allowed-Origin`` for allowed origins;
@@ -63,7 +64,9 @@ def _error(status: int, reason: str, message: str) -> JSONResponse:
 def _authenticated(request: Request, settings: Settings) -> bool:
     expected = settings.webhook.shared_key
     if expected is None:
-        return True  # no key configured: authentication is left to the network (documented)
+        # Fail closed: a receiver without a key would start renewals for anyone who can reach it.
+        log.error("webhook: webhook.shared_key is not configured; refusing every delivery")
+        return False
     given = request.query_params.get("key") or request.headers.get("x-certlc-key") or ""
     return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
 

@@ -138,3 +138,11 @@ def test_a_sink_failure_is_a_503_so_event_grid_delivers_again(client: TestClient
     sink.fail = failure
     response = post(client, [EVENT])
     assert response.status_code == 503 and "boom" not in response.text
+
+
+def test_without_a_configured_key_every_delivery_is_refused(sink: Recorder) -> None:
+    settings = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net"}]})
+    client = TestClient(create_app(settings, sink))
+    assert post(client, [EVENT], key=None).status_code == 401
+    assert post(client, [EVENT], key="anything").status_code == 401
+    assert sink.accepted == []
