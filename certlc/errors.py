@@ -25,6 +25,7 @@ __all__ = [
     "NeedsApproval",
     "TerminalError",
     "TransientError",
+    "first_line",
 ]
 
 
@@ -77,3 +78,10 @@ class NeedsApproval(CertlcError):
     """The CA holds the request for a CA manager's approval."""
 
     reason = "Pending"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's text (or its class name), bounded: for one-line
+    messages built from library errors, which can run to many lines."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from certlc.config import Settings, VaultSettings
 from certlc.errors import InvalidInput
+from certlc.times import iso_utc
 
 __all__ = [
     "MAX_DELIVERY_BYTES",
@@ -117,7 +118,7 @@ class KeyVaultEvent:
             "id": self.id, "type": self.type.value, "schema": self.schema, "vault_name": self.vault_name,
             "object_name": self.object_name, "version": self.version, "object_id": self.object_id,
             "topic": self.topic, "time": self.time,
-            "not_before": _iso(self.not_before), "expires": _iso(self.expires),
+            "not_before": iso_utc(self.not_before), "expires": iso_utc(self.expires),
         }
 
 
@@ -139,10 +140,6 @@ class UnrecognizedEvent:
 
 
 Event = KeyVaultEvent | ValidationEvent | UnrecognizedEvent
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
 def _short(text: str, limit: int = 80) -> str:

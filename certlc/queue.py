@@ -19,7 +19,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from azure.storage.queue import QueueClient
 
 from certlc.config import QueueSettings, Settings
-from certlc.errors import ConfigError, InvalidInput, TransientError
+from certlc.errors import ConfigError, InvalidInput, TransientError, first_line
 from certlc.events import KeyVaultEvent, decode_queue_message, encode_queue_message
 
 __all__ = ["Poison", "QueuedEvent", "RenewalQueue", "queue_clients"]
@@ -51,8 +51,7 @@ def _storage_errors(action: str) -> Iterator[None]:
     try:
         yield
     except AzureError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise TransientError(f"queue: {action} failed: {first}", reason="QueueUnavailable") from None
+        raise TransientError(f"queue: {action} failed: {first_line(exc, 200)}", reason="QueueUnavailable") from None
 
 
 def queue_clients(settings: Settings, credential: Any = None) -> tuple[QueueClient, QueueClient]:

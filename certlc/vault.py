@@ -35,7 +35,9 @@ from azure.keyvault.certificates import (
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certlc.errors import CertlcError, InvalidInput, TerminalError, TransientError
+from certlc.errors import CertlcError, InvalidInput, TerminalError, TransientError, first_line
+from certlc.times import iso_utc as _iso
+from certlc.times import parse_iso
 from certlc.x509 import dns_a_label, key_info, san_strings, sha1_thumbprint, template_of
 
 __all__ = [
@@ -48,9 +50,11 @@ __all__ = [
     "desired_sans",
     "discard_pending",
     "ensure_pending_csr",
+    "expected_san_set",
     "kv_subject",
     "list_certificates",
     "merge_issued",
+    "normalised_sans",
     "parse_iso",
     "read_certificate",
     "renewal_policy",
@@ -71,19 +75,6 @@ def validate_name(name: str, vault: str = "") -> str:
 
 _CURVES = {"secp256r1": KeyCurveName.p_256, "secp384r1": KeyCurveName.p_384, "secp521r1": KeyCurveName.p_521,
            "secp256k1": KeyCurveName.p_256_k}
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
-
-
-def parse_iso(value: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 @contextlib.contextmanager
@@ -108,7 +99,7 @@ def azure_errors(action: str, vault: str, name: str | None = None) -> Iterator[N
         raise TerminalError(f"{what}: the vault refused our token ({exc.status_code})", reason="Unauthorized",
                             vault=vault, certificate=name) from None
     except (ServiceRequestError, ServiceResponseError) as exc:
-        detail = _first_line(exc)
+        detail = first_line(exc)
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
             # Configuration, not weather: retrying will not make the certificate trusted.
             raise TerminalError(f"{what}: the vault's TLS certificate is not trusted; check azure.ca_bundle "
@@ -119,7 +110,7 @@ def azure_errors(action: str, vault: str, name: str | None = None) -> Iterator[N
         status = exc.status_code or 0
         code = getattr(getattr(exc, "error", None), "code", None) or ""
         message = (getattr(getattr(exc, "error", None), "message", None)
-                   or _first_line(exc) or exc.reason or "").strip()
+                   or first_line(exc) or exc.reason or "").strip()
         text = f"{what}: vault answered {status} {code}: {message}".rstrip(": ")
         inner = getattr(getattr(getattr(exc, "error", None), "innererror", None), "code", None) or ""
         if status == 409 and "Deleted" in (inner or code or message):
@@ -280,7 +271,7 @@ def desired_sans(snapshot: CertificateSnapshot) -> dict[str, list[str]]:
     return kinds
 
 
-def _normalised_sans(strings: list[str]) -> set[str]:
+def normalised_sans(strings: list[str]) -> set[str]:
     out = set()
     for entry in strings:
         prefix, _, value = entry.partition(":")
@@ -292,17 +283,17 @@ def _normalised_sans(strings: list[str]) -> set[str]:
     return out
 
 
-def _expected_san_set(snapshot: CertificateSnapshot) -> set[str]:
+def expected_san_set(snapshot: CertificateSnapshot) -> set[str]:
     names = {"dns_names": "DNS", "ip_addresses": "IP", "emails": "email", "upns": "UPN", "uris": "URI"}
-    return _normalised_sans([f"{names[k]}:{v}" for k, vs in desired_sans(snapshot).items() for v in vs])
+    return normalised_sans([f"{names[k]}:{v}" for k, vs in desired_sans(snapshot).items() for v in vs])
 
 
 def csr_mismatch(csr: x509.CertificateSigningRequest, snapshot: CertificateSnapshot) -> str | None:
     """Why a pending CSR does not fit this renewal, or None when it does."""
     if csr.subject.rfc4514_string() != snapshot.subject:
         return f"subject {csr.subject.rfc4514_string()!r} differs from {snapshot.subject!r}"
-    have = _normalised_sans(san_strings(csr))
-    want = _expected_san_set(snapshot)
+    have = normalised_sans(san_strings(csr))
+    want = expected_san_set(snapshot)
     if have != want:
         return f"SANs differ (missing {sorted(want - have)}, extra {sorted(have - want)})"
     k = key_info(csr.public_key())

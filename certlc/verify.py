@@ -13,7 +13,7 @@ import datetime as dt
 from cryptography import x509
 
 from certlc.errors import TerminalError
-from certlc.vault import CertificateSnapshot, _expected_san_set, _normalised_sans
+from certlc.vault import CertificateSnapshot, expected_san_set, normalised_sans
 from certlc.x509 import find_by_public_key, load_certificates, load_csr, order_chain, san_strings
 
 __all__ = ["verify_issued"]
@@ -48,7 +48,7 @@ def verify_issued(
         raise TerminalError(
             f"the issued subject {leaf.subject.rfc4514_string()!r} is not the old {snapshot.subject!r}",
             reason="SubjectMismatch", **ctx)
-    missing = _expected_san_set(snapshot) - _normalised_sans(san_strings(leaf))
+    missing = expected_san_set(snapshot) - normalised_sans(san_strings(leaf))
     if missing:
         raise TerminalError(f"the issued certificate lacks SANs of the old one: {sorted(missing)}",
                             reason="SanMismatch", **ctx)

@@ -18,6 +18,7 @@ from prefect.artifacts import create_table_artifact
 from certlc.clients import certificate_client
 from certlc.errors import CertlcError
 from certlc.policy import is_due
+from certlc.times import iso_utc
 from certlc.vault import list_certificates
 from flows.renew import renew_certificate
 from tasks._policy import PERSIST, RETRY, current_settings, stored
@@ -39,7 +40,7 @@ def find_due(vault: str) -> list[dict[str, Any]]:
             continue
         found.append({"vault": configured.name, "name": item.name, "version": item.version, "due": due.due,
                       "reason": due.reason,
-                      "not_after": item.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if item.not_after else None})
+                      "not_after": iso_utc(item.not_after)})
     return found
 
 

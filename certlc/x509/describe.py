@@ -15,7 +15,6 @@ thumbprint upper-case hex as Windows and Key Vault show it.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, cast
 
 from cryptography import x509
@@ -23,6 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
 from certlc.errors import InvalidInput
+from certlc.times import iso_utc
 from certlc.x509.keys import key_info
 from certlc.x509.names import san_strings
 from certlc.x509.templates import template_of
@@ -51,10 +51,6 @@ def is_ca(cert: x509.Certificate) -> bool:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _key(obj: x509.Certificate | x509.CertificateSigningRequest) -> dict[str, Any]:
@@ -94,8 +90,8 @@ def _describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),
         "serial_hex": format(cert.serial_number, "x"),
-        "not_before": _iso(cert.not_valid_before_utc),
-        "not_after": _iso(cert.not_valid_after_utc),
+        "not_before": iso_utc(cert.not_valid_before_utc),
+        "not_after": iso_utc(cert.not_valid_after_utc),
         "sha1_thumbprint": sha1_thumbprint(cert),
         "key": _key(cert),
         "san": san_strings(cert),
