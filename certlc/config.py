@@ -24,12 +24,15 @@ from certlc.x509.usage import KEY_USAGE_FIELDS as _KEY_USAGE_FIELDS
 
 __all__ = [
     "CLIENT_AUTH",
+    "EVENT_TYPES",
     "KEY_USAGES",
     "SERVER_AUTH",
     "AzureSettings",
     "CAProfile",
     "DevCASettings",
     "EmulatorSettings",
+    "EntraSettings",
+    "EventSubscriptionSettings",
     "QueueSettings",
     "RenewalSettings",
     "Settings",
@@ -200,6 +203,34 @@ class QueueSettings(_Model):
         default=None, description="Storage API version to speak (Azurite 3.35 knows up to 2025-11-05).")
 
 
+class EntraSettings(_Model):
+    """Entra ID bearer tokens on Event Grid deliveries (secure webhook delivery)."""
+
+    tenant_id: str = Field(description="Directory (tenant) id the tokens are issued by.")
+    audience: str = Field(description="The webhook app's application id or id URI: the tokens' 'aud'.")
+    issuers: list[str] | None = Field(
+        default=None,
+        description="Accepted 'iss' values; default: the tenant's v1 and v2 issuers "
+        "(https://sts.windows.net/<tenant>/ and https://login.microsoftonline.com/<tenant>/v2.0).",
+    )
+    jwks_url: str | None = Field(
+        default=None, description="Signing keys; default https://login.microsoftonline.com/<tenant>/discovery/v2.0/keys.")
+    required_role: str | None = Field(
+        default="AzureEventGridSecureWebhookSubscriber",
+        description="App role the caller must hold ('roles' claim); empty to accept any authenticated caller.",
+    )
+    leeway_seconds: int = Field(default=60, ge=0, le=600, description="Tolerated clock skew on exp/nbf.")
+
+    @property
+    def accepted_issuers(self) -> list[str]:
+        return self.issuers or [f"https://sts.windows.net/{self.tenant_id}/",
+                                f"https://login.microsoftonline.com/{self.tenant_id}/v2.0"]
+
+    @property
+    def keys_url(self) -> str:
+        return self.jwks_url or f"https://login.microsoftonline.com/{self.tenant_id}/discovery/v2.0/keys"
+
+
 class WebhookSettings(_Model):
     """The Event Grid receiver (certlc webhook)."""
 
@@ -216,6 +247,69 @@ class WebhookSettings(_Model):
         default=["eventgrid.azure.net"],
         description="CloudEvents handshake: sender origins (WebHook-Request-Origin) to consent to; '*' for any.",
     )
+    entra: EntraSettings | None = Field(
+        default=None, description="Also require an Entra ID bearer token on every delivery (issuer, audience, JWKS).")
+    deployment: str = Field(
+        default="renew-certificate/renew-certificate",
+        description="Prefect deployment started for each accepted event (flow name/deployment name).")
+    enqueue: bool = Field(
+        default=True, description="Also put each accepted event on the storage queue, so the drain retries it.")
+    tls_certificate: Path | None = Field(default=None, description="PEM certificate to serve HTTPS with (Event Grid needs HTTPS).")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_certificate.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebhookSettings:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("set both webhook.tls_certificate and webhook.tls_key, or neither")
+        return self
+
+
+EVENT_TYPES = (
+    "Microsoft.KeyVault.CertificateNearExpiry",
+    "Microsoft.KeyVault.CertificateNewVersionCreated",
+    "Microsoft.KeyVault.CertificateExpired",
+)
+
+
+class EventSubscriptionSettings(_Model):
+    """One Event Grid subscription the emulator delivers to: a webhook or a storage queue."""
+
+    name: str = Field(description="Subscription name (sent upper-cased in aeg-subscription-name).")
+    destination: Literal["webhook", "storage_queue"] = Field(description="Where events go.")
+    event_schema: Literal["eventgrid", "cloudevents"] = Field(
+        default="eventgrid", description="Event Grid schema or CloudEvents 1.0.")
+    endpoint: str | None = Field(
+        default=None, description="Webhook URL, with the shared key as query parameter (?key=...).")
+    ca_bundle: Path | None = Field(default=None, description="PEM bundle to trust for an https webhook.")
+    queue_connection_string: SecretStr | None = Field(default=None, description="Storage queue connection string.")
+    queue_name: str = Field(default="certlc", description="Queue to write to.")
+    queue_base64: bool = Field(default=True, description="Write base64 JSON, as Event Grid does; false: plain JSON.")
+    queue_message_ttl_seconds: int = Field(default=7 * 86400, description="Message time to live; -1 never expires.")
+    event_types: list[str] = Field(default=list(EVENT_TYPES), description="Event types delivered (filter).")
+    max_delivery_attempts: int = Field(default=30, ge=1, le=30, description="Event Grid's maxDeliveryAttempts.")
+    event_ttl_minutes: int = Field(default=1440, ge=1, le=1440, description="Event Grid's eventTimeToLiveInMinutes.")
+    max_events_per_batch: int = Field(default=1, ge=1, le=5000, description="Events per webhook request.")
+    delivery_timeout_seconds: float = Field(default=30, gt=0, description="How long to wait for the webhook's answer.")
+    retry_time_scale: float = Field(
+        default=1.0, gt=0, le=1, description="Multiplies Event Grid's retry delays (tests and demos shorten them).")
+    dead_letter_dir: Path | None = Field(
+        default=None, description="Dead-letter folder (Event Grid's layout); default <emulator state>/deadletter.")
+    dead_letter_delay_seconds: float = Field(default=300, ge=0, description="Event Grid dead-letters after 5 minutes.")
+
+    @model_validator(mode="after")
+    def _destination_fields(self) -> EventSubscriptionSettings:
+        if self.destination == "webhook":
+            if not self.endpoint:
+                raise ValueError(f"subscription {self.name!r}: a webhook needs endpoint")
+            scheme = urlsplit(self.endpoint).scheme
+            if scheme != "https" and not (scheme == "http" and is_loopback_url(self.endpoint)):
+                raise ValueError(f"subscription {self.name!r}: webhook endpoint must be https (http only on loopback)")
+        if self.destination == "storage_queue" and self.queue_connection_string is None:
+            raise ValueError(f"subscription {self.name!r}: a storage queue needs queue_connection_string")
+        unknown = [t for t in self.event_types if t not in EVENT_TYPES]
+        if unknown:
+            raise ValueError(f"subscription {self.name!r}: unknown event type(s) {unknown}")
+        return self
 
 
 class EmulatorSettings(_Model):
@@ -230,6 +324,19 @@ class EmulatorSettings(_Model):
         description="Managed identities the token endpoint serves: principal name -> client id. The first is the default.",
     )
     state_dir: Path | None = Field(default=None, description="Where vault state lives; default <state_dir>/emulator.")
+    clock_offset: str = Field(
+        default="0", description="Shift the emulator's clock (e.g. '25d') so certificates reach the event window now.")
+    event_scan_seconds: float = Field(default=5, gt=0, le=3600, description="How often expiry events are looked for.")
+    subscriptions: list[EventSubscriptionSettings] = Field(
+        default_factory=list, description="Event Grid subscriptions: webhooks and storage queues to deliver events to.")
+
+    @field_validator("clock_offset", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> str:
+        from certlc.times import parse_duration
+
+        parse_duration(value)
+        return str(value)
 
 
 class Settings(BaseSettings):
@@ -370,6 +477,15 @@ def _anchor_paths(settings: Settings, base: Path) -> Settings:
     for group in (settings.devca, settings.emulator):
         if group.state_dir is not None and not group.state_dir.is_absolute():
             group.state_dir = (base / group.state_dir).resolve()
+    for attr in ("tls_certificate", "tls_key"):
+        value = getattr(settings.webhook, attr)
+        if value is not None and not value.is_absolute():
+            setattr(settings.webhook, attr, (base / value).resolve())
+    for sub in settings.emulator.subscriptions:
+        for attr in ("ca_bundle", "dead_letter_dir"):
+            value = getattr(sub, attr)
+            if value is not None and not value.is_absolute():
+                setattr(sub, attr, (base / value).resolve())
     return settings
 
 
