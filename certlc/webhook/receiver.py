@@ -7,6 +7,9 @@ the sink. Contract, as Event Grid expects it:
 * every request carries the shared key (query ``key=`` or header ``X-Certlc-Key``), compared in
   constant time; missing or wrong → 401 (Event Grid does not retry 401); with no key configured
   every delivery is refused (fail closed);
+* with ``webhook.entra`` set, every request must also carry an Entra ID bearer token
+  (:mod:`certlc.webhook.auth`); missing or invalid → 401 with ``WWW-Authenticate: Bearer``,
+  signing keys that cannot be fetched → 503 (Event Grid delivers again);
 * Event Grid schema handshake: a ``SubscriptionValidationEvent`` is answered 200 with
   ``{"validationResponse": <code>}``; CloudEvents handshake: ``OPTIONS`` with
   ``WebHook-Request-Origin`` is answered with ``WebHook-Allowed-Origin`` for allowed origins;
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -34,6 +38,7 @@ from starlette.routing import Route
 from certlc.config import Settings, VaultSettings
 from certlc.errors import CertlcError, InvalidInput
 from certlc.events import EventType, KeyVaultEvent, UnrecognizedEvent, ValidationEvent, parse_delivery, vault_for
+from certlc.webhook.auth import BearerVerifier, KeysUnavailable, TokenRejected
 
 __all__ = ["AcceptedEvent", "EventSink", "create_app"]
 
@@ -71,6 +76,23 @@ def _authenticated(request: Request, settings: Settings) -> bool:
     return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
+async def _bearer_refusal(request: Request, verifier: BearerVerifier | None, what: str) -> Response | None:
+    """None when no bearer token is required or the request's is valid; else the 401/503 answer."""
+    if verifier is None:
+        return None
+    try:
+        await run_in_threadpool(verifier.verify_header, request.headers.get("authorization"))
+    except TokenRejected as exc:
+        response = _error(401, "Unauthorized", f"{what} refused: {exc.reason}")
+        response.headers["WWW-Authenticate"] = (
+            "Bearer" if exc.reason == "missing bearer token" else 'Bearer error="invalid_token"')
+        return response
+    except KeysUnavailable as exc:
+        log.error("webhook: cannot check the bearer token of a %s: %s", what, exc.reason)
+        return JSONResponse({"error": {"code": "Unavailable", "message": "try again later"}}, status_code=503)
+    return None
+
+
 async def _read_body(request: Request, limit: int) -> bytes | None:
     """The body, or None when it is over ``limit`` (read no further than that)."""
     declared = request.headers.get("content-length")
@@ -87,9 +109,13 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 
 def create_app(settings: Settings, sink: EventSink) -> Starlette:
+    verifier = BearerVerifier(settings.webhook.entra) if settings.webhook.entra is not None else None
+
     async def deliver(request: Request) -> Response:
         if not _authenticated(request, settings):
             return _error(401, "Unauthorized", "delivery without the shared key, or with a wrong one")
+        if (refusal := await _bearer_refusal(request, verifier, "delivery")) is not None:
+            return refusal
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in JSON_TYPES:
             return _error(415, "UnsupportedMediaType", f"content type {content_type or 'none'!r} is not JSON")
@@ -133,6 +159,8 @@ def create_app(settings: Settings, sink: EventSink) -> Starlette:
         # CloudEvents webhook validation (abuse protection): consent by echoing the origin.
         if not _authenticated(request, settings):
             return _error(401, "Unauthorized", "handshake without the shared key, or with a wrong one")
+        if (refusal := await _bearer_refusal(request, verifier, "handshake")) is not None:
+            return refusal
         origin = request.headers.get("webhook-request-origin", "").strip()
         allowed = settings.webhook.allowed_origins
         if not origin or ("*" not in allowed and not any(origin == a or origin.endswith("." + a) for a in allowed)):
