@@ -26,7 +26,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -107,6 +107,8 @@ class KeyVaultEvent:
     time: str = ""
     not_before: dt.datetime | None = None
     expires: dt.datetime | None = None
+    # The envelope as it arrived: what the receiver puts on the queue (Event Grid's own shape).
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def renewal_key(self) -> str:
@@ -188,7 +190,7 @@ def _text(data: Mapping[str, Any], field: str, *, required: bool = True) -> str:
 
 
 def _key_vault_event(event_id: str, event_type: EventType, schema: str, topic: str, time: str,
-                     subject: str, data: Any) -> KeyVaultEvent:
+                     subject: str, data: Any, raw: Mapping[str, Any]) -> KeyVaultEvent:
     if not isinstance(data, Mapping):
         raise InvalidInput(f"event {_short(event_id)!r} has no data object", reason="EventInvalid")
     object_type = _text(data, "ObjectType", required=False)
@@ -220,6 +222,7 @@ def _key_vault_event(event_id: str, event_type: EventType, schema: str, topic: s
         id=event_id, type=event_type, schema=schema, vault_name=vault_name, object_name=name, version=version,
         object_id=object_id, topic=topic, time=time,
         not_before=_timestamp(_data_field(data, "NBF"), "NBF"), expires=_timestamp(_data_field(data, "EXP"), "EXP"),
+        raw=dict(raw),
     )
 
 
@@ -254,7 +257,7 @@ def parse_event(obj: Any) -> Event:
         event_type = EventType(kind)
     except ValueError:
         return UnrecognizedEvent(id=event_id, type=_short(kind, 200))
-    return _key_vault_event(event_id, event_type, schema, topic, time, subject, data)
+    return _key_vault_event(event_id, event_type, schema, topic, time, subject, data, obj)
 
 
 def _json(raw: bytes | str, what: str) -> Any:

@@ -33,6 +33,7 @@ class QueuedEvent:
     pop_receipt: str
     dequeue_count: int
     event: KeyVaultEvent
+    content: str = ""  # the message text as it was, for postpone and dead-letter
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class RenewalQueue:
                 poison.append(Poison(message.id, message.pop_receipt, count, content,
                                      f"not a Key Vault certificate event ({type(event).__name__})"))
                 continue
-            item = QueuedEvent(message.id, message.pop_receipt, count, event)
+            item = QueuedEvent(message.id, message.pop_receipt, count, event, content)
             if event.renewal_key in seen:
                 self.complete(item)  # a duplicate of a version already in this batch
                 continue
@@ -131,12 +132,20 @@ class RenewalQueue:
         with _storage_errors("delete"), contextlib.suppress(ResourceNotFoundError):
             self.queue.delete_message(item.message_id, item.pop_receipt)
 
-    def release(self, item: QueuedEvent) -> None:
-        """Make a message visible again now (its renewal failed and may succeed later)."""
+    def release(self, item: QueuedEvent, delay_seconds: int = 0) -> None:
+        """Make a message visible again after ``delay_seconds`` (its renewal failed and may
+        succeed later); its receive count keeps growing towards the dead-letter limit."""
         with _storage_errors("release"):
-            self.queue.update_message(item.message_id, item.pop_receipt, visibility_timeout=0)
+            self.queue.update_message(item.message_id, item.pop_receipt, visibility_timeout=max(delay_seconds, 0))
 
-    def dead_letter(self, item: Poison) -> None:
+    def postpone(self, item: QueuedEvent, delay_seconds: int) -> None:
+        """Put a fresh copy back, visible after ``delay_seconds``, and delete this one: waiting
+        (for a CA manager) must not count as a failed attempt."""
+        with _storage_errors("postpone"):
+            self.queue.send_message(item.content, visibility_timeout=max(delay_seconds, 0))
+        self.complete(item)
+
+    def dead_letter(self, item: Poison | QueuedEvent) -> None:
         """Move a poison message to the dead-letter queue, as it was, then delete the original."""
         with _storage_errors("dead-letter"):
             self.dead_letter_queue.send_message(item.content)

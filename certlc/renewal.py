@@ -16,7 +16,64 @@ from certlc.errors import InvalidInput
 from certlc.policy import is_due
 from certlc.vault import CertificateSnapshot, PendingCsr, parse_iso
 
-__all__ = ["Outcome", "due_status", "request_key", "resolve_template", "signing_request"]
+__all__ = ["Outcome", "Trigger", "due_status", "request_key", "resolve_template", "signing_request"]
+
+# Key Vault's own verdict that a version needs renewing.
+_RENEWING_EVENTS = {"Microsoft.KeyVault.CertificateNearExpiry": "KeyVaultNearExpiry",
+                    "Microsoft.KeyVault.CertificateExpired": "KeyVaultExpired"}
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """The Key Vault event that started a renewal (a sweep or a person starts one without).
+
+    Key Vault's near-expiry event is its verdict on one version; certlc acts on it when that
+    version is still the current one and the event's expiry is the certificate's, even if
+    certlc's own window (which may differ, or whose clock may be behind the vault's) does not
+    say due yet. An event about an older version means the renewal already happened.
+    """
+
+    event_id: str
+    event_type: str
+    version: str
+    expires: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Trigger:
+        if not isinstance(data, dict):
+            raise InvalidInput("event must be an object with event_id, event_type, version", reason="EventInvalid")
+        unknown = set(data) - {"event_id", "event_type", "version", "expires"}
+        if unknown:
+            raise InvalidInput(f"event has unknown field(s) {sorted(unknown)}", reason="EventInvalid")
+        try:
+            trigger = cls(**data)
+        except TypeError:
+            raise InvalidInput("event needs event_id, event_type and version", reason="EventInvalid") from None
+        for name in ("event_id", "event_type", "version"):
+            value = getattr(trigger, name)
+            if not isinstance(value, str) or not value or len(value) > 200:
+                raise InvalidInput(f"event {name} must be a non-empty string", reason="EventInvalid")
+        if trigger.expires is not None:
+            try:
+                parse_iso(trigger.expires)
+            except (TypeError, ValueError):
+                raise InvalidInput(f"event expires {trigger.expires!r} is not an ISO time", reason="EventInvalid") from None
+        return trigger
+
+
+def _vouched_by(trigger: Trigger | None, snapshot: CertificateSnapshot) -> str | None:
+    """The reason Key Vault's event makes ``snapshot`` due, or None."""
+    if trigger is None or trigger.event_type not in _RENEWING_EVENTS:
+        return None
+    if trigger.version.lower() != (snapshot.version or "").lower():
+        return None
+    expires, not_after = parse_iso(trigger.expires), parse_iso(snapshot.not_after)
+    if expires is not None and (not_after is None or abs((expires - not_after).total_seconds()) > 1):
+        return None  # not the certificate the vault holds under that version
+    return _RENEWING_EVENTS[trigger.event_type]
 
 
 def resolve_template(snapshot: CertificateSnapshot, profile: CAProfile, settings: Settings) -> str:
@@ -62,10 +119,15 @@ def signing_request(snapshot: CertificateSnapshot, pending: PendingCsr, template
     )
 
 
-def due_status(snapshot: CertificateSnapshot, settings: Settings, now: dt.datetime | None = None) -> tuple[bool, str]:
+def due_status(snapshot: CertificateSnapshot, settings: Settings, now: dt.datetime | None = None,
+               trigger: Trigger | None = None) -> tuple[bool, str]:
+    """Whether ``snapshot`` is due, and why: certlc's window, or Key Vault's event for this version."""
     due = is_due(parse_iso(snapshot.not_before), parse_iso(snapshot.not_after), settings.renewal,
                  now=now, tags=snapshot.tags, enabled=snapshot.enabled)
-    return due.due, due.reason
+    if due.due or not snapshot.enabled:
+        return due.due, due.reason
+    vouched = _vouched_by(trigger, snapshot)
+    return (True, vouched) if vouched else (due.due, due.reason)
 
 
 @dataclass

@@ -35,12 +35,13 @@ def _outcome_for(snapshot: CertificateSnapshot, template: str, pending: dict[str
 
 # JSON results, also for a failure: never pickles in result storage.
 @flow(name="renew-certificate", flow_run_name="renew-{vault}-{name}", validate_parameters=True, result_serializer="json")
-def renew_certificate(vault: str, name: str, event_id: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Renew certificate ``name`` in ``vault`` through its CA if it is due (or ``force``);
-    returns the outcome as a dict."""
+def renew_certificate(vault: str, name: str, event_id: str | None = None, force: bool = False,
+                      event: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Renew certificate ``name`` in ``vault`` through its CA if it is due (or ``force``, or
+    ``event`` is Key Vault's near-expiry event for the current version); returns the outcome."""
     with contextlib.ExitStack() as held:
         try:
-            request = stored(fetch_event)(vault, name, event_id)
+            request = stored(fetch_event)(vault, name, event_id, event)
             # One renewal of a certificate at a time: a racing duplicate waits, then finds it not due.
             held.enter_context(certificate_lock(request["vault"], request["name"],
                                                 lease_seconds=current_settings().renewal.lock_lease_seconds))

@@ -8,7 +8,7 @@ from prefect import task
 
 from certlc.ca import connector_for
 from certlc.clients import certificate_client
-from certlc.renewal import due_status, resolve_template
+from certlc.renewal import Trigger, due_status, resolve_template
 from certlc.vault import read_certificate as read_snapshot
 from tasks._policy import PERSIST, RETRY, current_settings
 
@@ -22,6 +22,7 @@ def read_certificate(request: dict[str, Any]) -> dict[str, Any]:
     connector_for(vault.ca_profile, settings)  # a bad CA profile is a config error, found now
     snapshot = read_snapshot(certificate_client(vault, settings), vault.name, request["name"])
     template = resolve_template(snapshot, settings.ca_profile_for(vault), settings)
-    due, reason = due_status(snapshot, settings)
+    trigger = Trigger.from_dict(request["trigger"]) if request.get("trigger") else None
+    due, reason = due_status(snapshot, settings, trigger=trigger)
     return {"snapshot": snapshot.to_dict(), "template": template, "ca_profile": vault.ca_profile, "due": due,
             "due_reason": reason}

@@ -21,6 +21,12 @@ app.command("certlc.cli.inspect:inspect", name="inspect",
             help="Show what a certificate, chain, CSR or PFX file holds (any PEM/DER/PKCS#7/PFX form).")
 app.command("certlc.cli.emulator:emulator", name="emulator",
             help="Run the local Key Vault emulator (HTTPS on loopback) and its managed-identity endpoint.")
+app.command("certlc.cli.webhook:webhook", name="webhook",
+            help="Receive Key Vault events from Event Grid (webhook) and start their renewals.")
+app.command("certlc.cli.up:up", name="up",
+            help="Start the whole local stack: emulator with events, Azurite, Prefect server and worker, webhook, SMTP.")
+app.command("certlc.cli.up:down", name="down", help="Stop the local stack started with `certlc up --detach`.")
+app.command("certlc.cli.up:ps", name="ps", help="Show the local stack's parts: running, healthy, logs.")
 app.command("certlc.cli.demo:demo", name="demo",
             help="Seed a local Key Vault with expiring certificates and renew them through Prefect.")
 

@@ -143,7 +143,8 @@ def create_app(settings: Settings, sink: EventSink) -> Starlette:
             if event.type in RENEWING:
                 accepted.append(AcceptedEvent(event, vault))
         try:
-            sink.accept(accepted)
+            # The sink does blocking I/O (queue, Prefect API): keep it off the event loop.
+            await run_in_threadpool(sink.accept, accepted)
         except CertlcError as exc:
             log.error("webhook: could not hand on %d event(s): %s", len(accepted), exc.message)
             return JSONResponse({"error": {"code": exc.reason, "message": "try again later"}}, status_code=503)

@@ -1,0 +1,80 @@
+"""``certlc webhook``: the Event Grid receiver, served by uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+from cyclopts import Parameter
+
+from certlc.cli._app import exit_with_error
+from certlc.cli._common import settings_or_exit
+from certlc.errors import CertlcError
+
+__all__ = ["webhook"]
+
+
+def webhook(
+    *,
+    config: Annotated[Path | None, Parameter(help="certlc configuration file (TOML); default $CERTLC_CONFIG.")] = None,
+    host: Annotated[str | None, Parameter(help="Address to listen on (default webhook.host).")] = None,
+    port: Annotated[int | None, Parameter(help="Port to listen on (default webhook.port).")] = None,
+) -> None:
+    """Receive Key Vault events from Event Grid and start their renewals (needs PREFECT_API_URL).
+
+    Serves POST/OPTIONS /api/events (Event Grid schema and CloudEvents, both handshakes) and
+    GET /healthz. Every delivery must carry webhook.shared_key (?key= or X-Certlc-Key). Each
+    accepted event goes on the storage queue and starts the renew-certificate deployment; the
+    answer is 200 only after both, 503 otherwise (Event Grid delivers again).
+    """
+    settings = settings_or_exit(config)
+    if config is not None:
+        os.environ["CERTLC_CONFIG"] = str(config.resolve())
+    if settings.webhook.shared_key is None:
+        exit_with_error("webhook.shared_key is not set: without it anyone who reaches the receiver could start "
+                        "renewals; set it (or CERTLC_WEBHOOK__SHARED_KEY) and put it in the Event Grid endpoint URL", 2)
+    if not os.environ.get("PREFECT_API_URL"):
+        exit_with_error("no Prefect server: set PREFECT_API_URL to the server the worker uses", 2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+    import uvicorn
+
+    from certlc.queue import RenewalQueue, queue_clients
+    from certlc.webhook import create_app
+    from certlc.webhook.sink import DeploymentStarter, RenewalSink
+
+    queue = None
+    if settings.webhook.enqueue:
+        try:
+            queue = RenewalQueue(*queue_clients(settings), settings.queue)
+            queue.ensure()
+        except CertlcError as exc:
+            exit_with_error(f"{exc.message} (or set webhook.enqueue = false to only start runs)", 2)
+    _check_deployment(settings.webhook.deployment)
+    app = create_app(settings, RenewalSink(DeploymentStarter(settings.webhook.deployment), queue))
+    tls = settings.webhook
+    try:
+        # access_log off: the access line would carry the query string, i.e. the shared key.
+        uvicorn.run(app, host=host or settings.webhook.host, port=settings.webhook.port if port is None else port,
+                    ssl_certfile=str(tls.tls_certificate) if tls.tls_certificate else None,
+                    ssl_keyfile=str(tls.tls_key) if tls.tls_key else None,
+                    access_log=False, log_config=None, timeout_graceful_shutdown=5)
+    except (OSError, ValueError) as exc:  # port in use, unreadable TLS files
+        exit_with_error(f"the webhook cannot start: {exc}", 2)
+
+
+def _check_deployment(name: str) -> None:
+    """Warn (do not fail) when the deployment is missing or the server is down: the receiver
+    answers 503 until it is there, and Event Grid keeps retrying."""
+    from prefect.client.orchestration import get_client
+
+    log = logging.getLogger("certlc.webhook")
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(name)
+    except Exception as exc:
+        log.warning("webhook: deployment %s is not usable yet (%s); deliveries get 503 until it is "
+                    "(run `prefect deploy --all`)", name, type(exc).__name__)

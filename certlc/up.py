@@ -1,0 +1,293 @@
+"""``certlc up`` / ``down`` / ``ps``: the whole local stack on loopback, with event delivery.
+
+Parts, started in this order, each as its own process with its log in ``<root>/logs``:
+Azurite (the storage queue), the Key Vault emulator (its Event Grid subscriptions deliver to
+the webhook and to the queue), a Prefect server (SQLite), ``prefect deploy --all`` of the
+repository's prefect.yaml (pool ``certlc-hybrid``; locally the drain runs every few seconds),
+a Prefect worker, the webhook receiver and an SMTP sink. ``<root>/stack.json`` (mode 0600: it
+holds the identity header) records what runs where, for ``certlc ps`` and ``certlc down``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from certlc.demo import DEMO_TEMPLATES
+from certlc.errors import CertlcError
+from certlc.files import atomic_write, ensure_private_dir
+from certlc.stack import (
+    _signal_group,
+    azurite_connection_string,
+    deploy,
+    free_port,
+    local_prefect_yaml,
+    prefect_command,
+    repository_root,
+    start_azurite,
+    start_emulator,
+    start_prefect_server,
+    start_smtp_sink,
+    start_webhook,
+    start_worker,
+    stop_process,
+)
+
+__all__ = ["POOL", "Part", "StackInfo", "down", "ps", "read_stack", "up", "write_stack_config"]
+
+POOL = "certlc-hybrid"
+STACK_FILE = "stack.json"
+WORKER_IDENTITY = "00000000-0000-0000-0000-00000000a001"
+
+
+@dataclass
+class Part:
+    name: str
+    pid: int
+    health: str  # http(s)://... answering 200, or tcp://127.0.0.1:port
+    log: str
+
+
+@dataclass
+class StackInfo:
+    root: str
+    config: str
+    api: str
+    webhook_url: str  # without the key
+    env: dict[str, str]  # what a client of this stack sets (includes the identity header)
+    parts: list[Part] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> StackInfo:
+        data = json.loads(text)
+        return cls(**{**data, "parts": [Part(**p) for p in data["parts"]]})
+
+
+def read_stack(root: Path) -> StackInfo | None:
+    path = root / STACK_FILE
+    if not path.exists():
+        return None
+    return StackInfo.from_json(path.read_text())
+
+
+def write_stack_config(root: Path, *, vault_port: int, identity_port: int, webhook_port: int,
+                       queue_connection_string: str, shared_key: str, lease: int = 60) -> Path:
+    """The local stack's certlc.toml: vault 'demo' on the emulator, the dev CA, the webhook with
+    its key, the Azurite queue, and the emulator's two Event Grid subscriptions."""
+    templates = "\n".join(
+        "[[devca.templates]]\n" + "\n".join(
+            f"{k} = {json.dumps(v)}" for k, v in t.model_dump(exclude_none=True).items()
+        ) for t in DEMO_TEMPLATES
+    )
+    conn = json.dumps(queue_connection_string)
+    text = f"""# Written by `certlc up`: the local stack's configuration (holds the webhook key: mode 0600).
+state_dir = {json.dumps(str(root))}
+
+[[vaults]]
+name = "demo"
+url = "https://localhost:{vault_port}"
+ca_profile = "devca"
+
+[ca_profiles.devca]
+kind = "devca"
+
+[azure]
+ca_bundle = {json.dumps(str(root / "emulator" / "tls" / "ca.pem"))}
+managed_identity_client_id = "{WORKER_IDENTITY}"
+
+[renewal]
+concurrency = 4
+lock_lease_seconds = {lease}
+
+[webhook]
+host = "127.0.0.1"
+port = {webhook_port}
+shared_key = {json.dumps(shared_key)}
+
+[queue]
+connection_string = {conn}
+visibility_timeout_seconds = 300
+max_dequeues = 5
+
+[emulator]
+port = {vault_port}
+identity_port = {identity_port}
+vaults = ["demo"]
+event_scan_seconds = 2
+
+[[emulator.subscriptions]]
+name = "certlc-webhook"
+destination = "webhook"
+event_schema = "eventgrid"
+endpoint = "http://127.0.0.1:{webhook_port}/api/events?key={shared_key}"
+# Event Grid's retry schedule, 20 times faster: a demo should not wait 10 minutes.
+retry_time_scale = 0.05
+dead_letter_delay_seconds = 0
+
+[[emulator.subscriptions]]
+name = "certlc-queue"
+destination = "storage_queue"
+queue_connection_string = {conn}
+queue_name = "certlc"
+
+{templates}
+"""
+    path = root / "certlc.toml"
+    atomic_write(path, text)
+    return path
+
+
+def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = False,
+       drain_interval_seconds: int = 10, prefect_api: str | None = None) -> tuple[StackInfo, list[subprocess.Popen[bytes]]]:
+    """Start every part; returns the stack description and the processes (stop them with
+    :func:`stop_all`). On any failure, what was started is stopped again."""
+    root = ensure_private_dir(root.resolve())
+    existing = read_stack(root)
+    if existing is not None and any(_alive(p.pid) for p in existing.parts):
+        raise CertlcError(f"a local stack is already running from {root}; `certlc down` stops it",
+                          reason="StackRunning")
+    logs = root / "logs"
+    procs: list[subprocess.Popen[bytes]] = []
+    parts: list[Part] = []
+    try:
+        progress("starting Azurite (storage queue) ...")
+        azurite, queue_port = start_azurite(repository_root(), logs / "azurite.log", detach=detach)
+        procs.append(azurite)
+        parts.append(Part("azurite", azurite.pid, f"tcp://127.0.0.1:{queue_port}", str(logs / "azurite.log")))
+        webhook_port = free_port()
+        config = write_stack_config(root, vault_port=free_port(), identity_port=free_port(),
+                                    webhook_port=webhook_port,
+                                    queue_connection_string=azurite_connection_string(queue_port),
+                                    shared_key=secrets.token_urlsafe(24))
+        progress("starting the Key Vault emulator with Event Grid delivery ...")
+        emu, endpoints = start_emulator(config, root / "emulator", logs / "emulator.log", detach=detach)
+        procs.append(emu)
+        identity = endpoints["identity_endpoint"]
+        parts.append(Part("emulator", emu.pid, "tcp://" + identity.split("//", 1)[1].split("/", 1)[0],
+                          str(logs / "emulator.log")))
+        env = {"IDENTITY_ENDPOINT": identity, "IDENTITY_HEADER": endpoints["identity_header"],
+               "CERTLC_CONFIG": str(config), "PREFECT_HOME": str(root / "prefect"),
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / "results")}
+        if prefect_api:
+            api = prefect_api
+            progress(f"using the Prefect server at {api}")
+        else:
+            progress("starting the Prefect server (SQLite) ...")
+            server, api = start_prefect_server(root / "prefect", logs / "prefect-server.log", detach=detach)
+            procs.append(server)
+            parts.append(Part("prefect-server", server.pid, f"{api}/health", str(logs / "prefect-server.log")))
+        env["PREFECT_API_URL"] = api
+        progress(f"deploying prefect.yaml (pool {POOL}) ...")
+        _ensure_pool(env, logs / "deploy.log")
+        deploy(local_prefect_yaml(root / "prefect.yaml", working_directory=repository_root(),
+                                  drain_interval_seconds=drain_interval_seconds), env, logs / "deploy.log")
+        progress("starting the Prefect worker ...")
+        worker, worker_port = start_worker(POOL, env, logs / "worker.log", detach=detach)
+        procs.append(worker)
+        parts.append(Part("worker", worker.pid, f"http://127.0.0.1:{worker_port}/health", str(logs / "worker.log")))
+        progress("starting the webhook receiver ...")
+        hook = start_webhook(config, env, webhook_port, logs / "webhook.log", detach=detach)
+        procs.append(hook)
+        parts.append(Part("webhook", hook.pid, f"http://127.0.0.1:{webhook_port}/healthz", str(logs / "webhook.log")))
+        progress("starting the SMTP sink ...")
+        smtp_port = free_port()
+        smtp = start_smtp_sink(root / "mail", smtp_port, logs / "smtp.log", detach=detach)
+        procs.append(smtp)
+        parts.append(Part("smtp", smtp.pid, f"tcp://127.0.0.1:{smtp_port}", str(logs / "smtp.log")))
+    except BaseException:
+        stop_all(procs)
+        raise
+    info = StackInfo(root=str(root), config=str(config), api=api,
+                     webhook_url=f"http://127.0.0.1:{webhook_port}/api/events", env=env, parts=parts)
+    atomic_write(root / STACK_FILE, info.to_json())
+    return info, procs
+
+
+def _ensure_pool(env: dict[str, str], log: Path) -> None:
+    # `prefect deploy` needs the pool to exist; creating it twice is harmless (--overwrite).
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        subprocess.run([*prefect_command(), "work-pool", "create", POOL, "--type", "process", "--overwrite"],
+                       stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}, timeout=120, check=False)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        stop_process(proc)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours is not running; reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def _healthy(part: Part) -> bool:
+    if part.health.startswith("tcp://"):
+        import socket
+
+        host, _, port = part.health[6:].rpartition(":")
+        with socket.socket() as sock:
+            sock.settimeout(1)
+            return sock.connect_ex((host.strip("[]"), int(port))) == 0
+    try:
+        return httpx.get(part.health, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ps(root: Path) -> list[dict[str, Any]]:
+    """Each part of the stack started from ``root``: pid, running, healthy, log."""
+    info = read_stack(root.resolve())
+    if info is None:
+        return []
+    rows = []
+    for part in info.parts:
+        alive = _alive(part.pid)
+        rows.append({"name": part.name, "pid": part.pid, "running": alive, "healthy": alive and _healthy(part),
+                     "health": part.health, "log": part.log})
+    return rows
+
+
+def down(root: Path, timeout: float = 20) -> list[str]:
+    """Stop every part started from ``root`` (SIGTERM, then SIGKILL); returns what was stopped."""
+    root = root.resolve()
+    info = read_stack(root)
+    if info is None:
+        return []
+    stopped = []
+    for part in reversed(info.parts):
+        if not _alive(part.pid):
+            continue
+        _signal_group(part.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(part.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _signal_group(part.pid, signal.SIGKILL)  # the part, if still there, and what it started
+        stopped.append(part.name)
+    (root / STACK_FILE).unlink(missing_ok=True)
+    return stopped
