@@ -27,6 +27,8 @@ app.command("certlc.cli.up:up", name="up",
             help="Start the whole local stack: emulator with events, Azurite, Prefect server and worker, webhook, SMTP.")
 app.command("certlc.cli.up:down", name="down", help="Stop the local stack started with `certlc up --detach`.")
 app.command("certlc.cli.up:ps", name="ps", help="Show the local stack's parts: running, healthy, logs.")
+app.command("certlc.cli.emulator:emulator_clock", name="emulator-clock",
+            help="Show or shift a running emulator's clock (certificates reach Event Grid's expiry windows).")
 app.command("certlc.cli.demo:demo", name="demo",
             help="Seed a local Key Vault with expiring certificates and renew them through Prefect.")
 

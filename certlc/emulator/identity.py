@@ -16,14 +16,14 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 __all__ = [
     "API_VERSION",
@@ -98,8 +98,9 @@ def _audience(resource: str) -> str:
     return resource.rstrip("/").lower()
 
 
-def identity_app(issuer: TokenIssuer, identity_header: str) -> Starlette:
-    """The ASGI app answering ``GET /msi/token`` as App Service's identity endpoint does."""
+def identity_app(issuer: TokenIssuer, identity_header: str, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI app answering ``GET /msi/token`` as App Service's identity endpoint does, plus
+    ``extra_routes`` (the emulator's admin endpoints, which check the same header)."""
 
     async def token(request: Request) -> JSONResponse:
         supplied = request.headers.get("x-identity-header", "")
@@ -127,7 +128,7 @@ def identity_app(issuer: TokenIssuer, identity_header: str) -> Starlette:
             }
         )
 
-    return Starlette(routes=[Route(IDENTITY_PATH, token, methods=["GET"])])
+    return Starlette(routes=[Route(IDENTITY_PATH, token, methods=["GET"]), *extra_routes])
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -26,10 +26,14 @@ from typing import Any
 import uvicorn
 
 from certlc.config import EmulatorSettings
+from certlc.emulator.admin_api import admin_routes
 from certlc.emulator.audit import AuditLog, AuditRecord, read_audit_log
+from certlc.emulator.clock import EmulatorClock, parse_offset
 from certlc.emulator.identity import IDENTITY_PATH, TokenIssuer, identity_app
 from certlc.emulator.keyvault import vault_app
+from certlc.emulator.publisher import EventPublisher
 from certlc.emulator.sealing import MasterKey, Sealer
+from certlc.emulator.senders import describe
 from certlc.emulator.store import VaultStore
 from certlc.emulator.tls import TlsFiles, ensure_tls
 from certlc.emulator.vault import Vault, check_name
@@ -78,9 +82,19 @@ class EmulatorEndpoints:
 class EmulatorHandle:
     """A running emulator: ``endpoints`` to reach it, ``stop()`` to end it (idempotent)."""
 
-    def __init__(self, endpoints: EmulatorEndpoints, state_dir: Path, runner: _Runner, lock: _StateLock) -> None:
+    def __init__(
+        self,
+        endpoints: EmulatorEndpoints,
+        state_dir: Path,
+        runner: _Runner,
+        lock: _StateLock,
+        clock: EmulatorClock | None = None,
+        publisher: EventPublisher | None = None,
+    ) -> None:
         self.endpoints = endpoints
         self.state_dir = state_dir
+        self.clock = clock or EmulatorClock()  # shared by every vault; shift with set_offset()
+        self.publisher = publisher  # Event Grid subscriptions (stats, scan, pause)
         self._runner = runner
         self._lock = lock
 
@@ -88,6 +102,8 @@ class EmulatorHandle:
         return read_audit_log(self.state_dir)
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self.publisher is not None:
+            self.publisher.stop()  # first: no event scan may read a vault being shut down
         self._runner.stop(timeout)
         (self.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)  # not running any more
         self._lock.release()
@@ -148,13 +164,21 @@ def _start(settings: EmulatorSettings, state_dir: Path, lock: _StateLock) -> Emu
     vault_sockets, identity_socket = sockets[:-1], sockets[-1]
 
     servers: list[uvicorn.Server] = []
-    vault_urls: dict[str, str] = {}
+    vault_urls = {
+        name: f"https://localhost:{sock.getsockname()[1]}"
+        for name, sock in zip(settings.vaults, vault_sockets, strict=True)
+    }
+    vaults: list[Vault] = []
     try:
-        for name, sock in zip(settings.vaults, vault_sockets, strict=True):
-            vault = Vault(name, VaultStore(state_dir / "vaults" / f"{name}.json", sealer))
+        clock = EmulatorClock(parse_offset(settings.clock_offset))
+        publisher = EventPublisher(settings, state_dir, clock, vault_urls)
+        for name in settings.vaults:
+            vault = Vault(name, VaultStore(state_dir / "vaults" / f"{name}.json", sealer), clock=clock,
+                          on_new_version=publisher.version_created)
+            vaults.append(vault)
             servers.append(_server(vault_app(vault, issuer, audit), tls))
-            vault_urls[name] = f"https://localhost:{sock.getsockname()[1]}"
-        servers.append(_server(identity_app(issuer, identity_header), None))
+        admin = admin_routes(clock, publisher, identity_header)
+        servers.append(_server(identity_app(issuer, identity_header, admin), None))
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -169,16 +193,20 @@ def _start(settings: EmulatorSettings, state_dir: Path, lock: _StateLock) -> Emu
     )
 
     runner = _Runner(list(zip(servers, sockets, strict=True)))
-    handle = EmulatorHandle(endpoints, state_dir, runner, lock)
+    handle = EmulatorHandle(endpoints, state_dir, runner, lock, clock, publisher)
     failure = runner.start(STARTUP_TIMEOUT)
     if failure is not None:
         handle.stop()
         raise ConfigError(f"the emulator did not start: {failure}", reason="EmulatorStartFailed")
     atomic_write(state_dir / ENDPOINTS_FILE, endpoints.to_json())
+    publisher.start(vaults)
     logger.info(
-        "Key Vault emulator listening: %s; identity endpoint %s; CA bundle %s",
+        "Key Vault emulator listening: %s; identity endpoint %s; CA bundle %s; clock offset %gs",
         ", ".join(f"{n} {u}" for n, u in vault_urls.items()), endpoints.identity_endpoint, tls.ca_bundle,
+        clock.offset_seconds,
     )
+    for sub in settings.subscriptions:
+        logger.info("Event Grid subscription %s: %s", sub.name, describe(sub))
     return handle
 
 
@@ -316,6 +344,11 @@ def _check(settings: EmulatorSettings) -> None:
                               reason="ConfigInvalid") from None
     if not settings.principals:
         raise ConfigError("emulator.principals is empty; name at least one principal", reason="ConfigInvalid")
+    subscriptions = [s.name.upper() for s in settings.subscriptions]
+    if len(set(subscriptions)) != len(subscriptions):
+        # Upper-cased names key the dead-letter folders and aeg-subscription-name: they must differ.
+        raise ConfigError(f"emulator.subscriptions has duplicate names: {[s.name for s in settings.subscriptions]}",
+                          reason="ConfigInvalid")
     if settings.port and settings.port + len(settings.vaults) - 1 > 65535:
         raise ConfigError(f"emulator.port {settings.port} leaves no room for {len(settings.vaults)} vault ports",
                           reason="ConfigInvalid")

@@ -13,6 +13,7 @@ issued at once; ``Unknown`` waits for a merge whose leaf must carry the pending 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import time
 import uuid
@@ -55,7 +56,9 @@ from certlc.emulator.policy import (
 )
 from certlc.emulator.store import RECOVERABLE_DAYS, Certificate, Deleted, Pending, VaultState, VaultStore, Version
 
-__all__ = ["Listing", "Vault", "check_name"]
+__all__ = ["Listing", "Vault", "VersionListener", "check_name"]
+
+logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[0-9a-zA-Z-]{1,127}")
 MAX_TAGS = 15
@@ -73,6 +76,9 @@ SELF_IN_PROGRESS = (
 Listing = list[tuple[str, dict[str, Any]]]
 """(sort key, item) pairs; the routes page through them by key."""
 
+VersionListener = Callable[[str, str, str, int, int], None]
+"""Called once per new certificate version: (vault, certificate name, version, nbf, exp)."""
+
 
 def check_name(name: str, what: str = "certificate") -> str:
     """The lower-case key for ``name``; 400 when Key Vault would refuse the name."""
@@ -86,13 +92,29 @@ def check_name(name: str, what: str = "certificate") -> str:
 class Vault:
     """One emulated vault over its :class:`VaultStore`."""
 
-    def __init__(self, name: str, store: VaultStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        name: str,
+        store: VaultStore,
+        clock: Callable[[], float] = time.time,
+        on_new_version: VersionListener | None = None,
+    ) -> None:
         self.name = name
         self.store = store
         self._clock = clock
+        self._on_new_version = on_new_version
 
     def _now(self) -> int:
         return int(self._clock())
+
+    def _version_created(self, cert: Certificate, version: Version) -> None:
+        """Tell the listener (Event Grid) about a committed version; never fail the request for it."""
+        if self._on_new_version is None:
+            return
+        try:
+            self._on_new_version(self.name, cert.name, version.version, version.nbf, version.exp)
+        except Exception:
+            logger.exception("emulator: the new-version listener failed for %s/%s", self.name, cert.name)
 
     # Reading -------------------------------------------------------------------------------------
     def get_certificate(self, base: str, name: str, version: str | None) -> dict[str, Any]:
@@ -209,11 +231,12 @@ class Vault:
             # The Self issuer signs at once, but the answer must still say inProgress: the SDK's
             # create poller never polls (and returns None) when the first answer is already
             # final for an issuer other than Unknown (_polling.py CreateCertificatePoller).
-            self._add_version(cert, pending, self_signed, [], enabled, tags, now)
+            version = self._add_version(cert, pending, self_signed, [], enabled, tags, now)
             answer = wire.operation(base, cert, pending)
             answer.pop("target", None)
             answer.update(status="inProgress", status_details=SELF_IN_PROGRESS)
-            return answer
+        self._version_created(cert, version)  # after the commit: a failed save publishes nothing
+        return answer
 
     def merge(self, base: str, name: str, body: Any) -> dict[str, Any]:
         key = check_name(name)
@@ -232,7 +255,9 @@ class Vault:
                 raise KvError(409, "Conflict", f"There was a conflict while updating pending certificate {name}.")
             cert = state.certificates[key]
             version = self._add_version(cert, pending, leaf, chain, enabled, tags, self._now())
-            return wire.bundle(base, cert, version)
+            answer = wire.bundle(base, cert, version)
+        self._version_created(cert, version)
+        return answer
 
     def import_certificate(self, base: str, name: str, body: Any) -> dict[str, Any]:
         key = check_name(name)
@@ -273,7 +298,9 @@ class Vault:
             )
             cert.versions.append(version)
             cert.pending = None  # an import overwrites a finished operation
-            return wire.bundle(base, cert, version)
+            answer = wire.bundle(base, cert, version)
+        self._version_created(cert, version)
+        return answer
 
     # Pending operation ----------------------------------------------------------------------------------
     def cancel_pending(self, base: str, name: str, body: Any) -> dict[str, Any]:
