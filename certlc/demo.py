@@ -31,7 +31,7 @@ from certlc.stack import CLI, LocalStack, free_port, start_emulator, start_prefe
 from certlc.vault import desired_sans, read_certificate
 from certlc.x509 import dns_a_label, template_of
 
-__all__ = ["DEMO_CERTIFICATES", "DEMO_TEMPLATES", "DemoCertificate", "run_demo", "write_config"]
+__all__ = ["DEMO_CERTIFICATES", "DEMO_TEMPLATES", "DemoCertificate", "issue", "run_demo", "seed", "write_config"]
 
 DAY = dt.timedelta(days=1)
 
@@ -122,20 +122,27 @@ def _policy(spec: DemoCertificate) -> CertificatePolicy:
     )
 
 
+def issue(client: CertificateClient, ca: DevCA, spec: DemoCertificate, now: dt.datetime) -> None:
+    """Create one certificate as production does: Key Vault makes the key and the CSR, the dev CA
+    signs it (backdated so that ``spec.remaining_days`` are left), and it is merged."""
+    policy = _policy(spec)
+    operation = client.begin_create_certificate(spec.name, policy=policy,
+                                                tags={"Recipient": spec.recipients}).result()
+    csr = x509.load_der_x509_csr(bytes(operation.csr))
+    template = ca.template(spec.template)
+    if template is None:
+        raise CertlcError(f"the dev CA has no template {spec.template!r}", reason="TemplateMissing")
+    not_after = now + dt.timedelta(days=spec.remaining_days)
+    not_before = not_after - dt.timedelta(days=spec.lifetime_days)
+    cert = ca.sign(csr, template, not_before=not_before, not_after=not_after)
+    chain = [c.public_bytes(Encoding.DER) for c in [cert, *ca.chain]]
+    client.merge_certificate(spec.name, chain, tags={"Recipient": spec.recipients})
+
+
 def seed(client: CertificateClient, ca: DevCA, now: dt.datetime) -> None:
-    """Create each demo certificate: Key Vault makes key and CSR, the dev CA signs, we merge."""
+    """Create each demo certificate (see :func:`issue`)."""
     for spec in DEMO_CERTIFICATES:
-        policy = _policy(spec)
-        operation = client.begin_create_certificate(spec.name, policy=policy,
-                                                    tags={"Recipient": spec.recipients}).result()
-        csr = x509.load_der_x509_csr(bytes(operation.csr))
-        template = ca.template(spec.template)
-        assert template is not None
-        not_after = now + dt.timedelta(days=spec.remaining_days)
-        not_before = not_after - dt.timedelta(days=spec.lifetime_days)
-        cert = ca.sign(csr, template, not_before=not_before, not_after=not_after)
-        chain = [c.public_bytes(Encoding.DER) for c in [cert, *ca.chain]]
-        client.merge_certificate(spec.name, chain, tags={"Recipient": spec.recipients})
+        issue(client, ca, spec, now)
 
 
 def _versions(client: CertificateClient, name: str) -> int:

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task
+from prefect.cache_policies import DEFAULT
 from prefect.tasks import exponential_backoff
 
 from certlc.config import Settings, load_settings
 from certlc.errors import TransientError
 
-__all__ = ["PERSIST", "RETRY", "current_settings", "retry_transient", "step_key", "stored"]
+__all__ = ["PERSIST", "RETRY", "WITHIN_RUN", "current_settings", "retry_transient", "step_key", "stored"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -41,6 +42,11 @@ RETRY: dict[str, Any] = {
 }
 
 PERSIST: dict[str, Any] = {"persist_result": True, "result_serializer": "json"}
+
+# Reused only inside one flow run (inputs + task source + run id): a retry of that run — the
+# Prefect UI's Retry — skips the read-only and Key Vault-side steps it already did, while a new
+# run (the next event, the next sweep) reads the vault afresh.
+WITHIN_RUN = DEFAULT
 
 
 def stored(step: Task[P, R]) -> Task[P, R]:

@@ -1,7 +1,8 @@
 """Step 3: have Key Vault make the CSR (the key is generated inside the vault and stays there).
 
-Not cached by Prefect: the pending operation lives in Key Vault, and ensure_pending_csr reuses
-it when it matches, so a re-run after a crash finds the same CSR there.
+Cached only within one flow run (a UI retry skips it). Across runs the pending operation in Key
+Vault is the memory: ensure_pending_csr reuses it when it matches, so a new run after a crash
+finds the same CSR there.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from prefect import get_run_logger, task
 
 from certlc.clients import certificate_client
 from certlc.vault import CertificateSnapshot, PendingCsr, discard_pending, ensure_pending_csr
-from tasks._policy import PERSIST, RETRY, current_settings
+from tasks._policy import PERSIST, RETRY, WITHIN_RUN, current_settings
 
 
-@task(name="create-csr", cache_policy=None, **RETRY, **PERSIST)
+@task(name="create-csr", cache_policy=WITHIN_RUN, **RETRY, **PERSIST)
 def create_csr(snapshot: dict[str, Any]) -> dict[str, Any]:
     settings = current_settings()
     snap = CertificateSnapshot.from_dict(snapshot)

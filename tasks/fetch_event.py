@@ -8,10 +8,10 @@ from prefect import task
 
 from certlc.renewal import Trigger
 from certlc.vault import validate_name
-from tasks._policy import PERSIST, current_settings
+from tasks._policy import PERSIST, WITHIN_RUN, current_settings
 
 
-@task(name="fetch-event", cache_policy=None, **PERSIST)
+@task(name="fetch-event", cache_policy=WITHIN_RUN, **PERSIST)
 def fetch_event(vault: str, name: str, event_id: str | None = None,
                 event: dict[str, Any] | None = None) -> dict[str, Any]:
     """The renewal request as plain data; refuses unknown vaults and malformed events without

@@ -10,10 +10,10 @@ from certlc.ca import connector_for
 from certlc.clients import certificate_client
 from certlc.renewal import Trigger, due_status, resolve_template
 from certlc.vault import read_certificate as read_snapshot
-from tasks._policy import PERSIST, RETRY, current_settings
+from tasks._policy import PERSIST, RETRY, WITHIN_RUN, current_settings
 
 
-@task(name="read-certificate", cache_policy=None, **RETRY, **PERSIST)
+@task(name="read-certificate", cache_policy=WITHIN_RUN, **RETRY, **PERSIST)
 def read_certificate(request: dict[str, Any]) -> dict[str, Any]:
     """The current version, whether it is due, and the template; refuses what cannot be renewed
     (no template, unknown CA profile kind) before anything is written."""

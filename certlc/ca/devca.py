@@ -30,16 +30,17 @@ from pyasn1.type import univ
 
 from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
 from certlc.config import CAProfile, Settings, TemplateSpec
-from certlc.errors import InvalidInput, TerminalError
+from certlc.errors import InvalidInput, TerminalError, TransientError
 from certlc.files import atomic_write
 from certlc.x509.templates import TEMPLATE_NAME_OID, TEMPLATE_V2_OID, encode_template_name, encode_template_v2
 from certlc.x509.usage import key_usage
 
-__all__ = ["DevCA", "DevCAConnector", "from_profile"]
+__all__ = ["OFFLINE_FILE", "DevCA", "DevCAConnector", "from_profile"]
 
 APPLICATION_POLICIES_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.21.10")
 # AD CS backdates notBefore by ten minutes to absorb clock skew between CA and clients.
 BACKDATE = dt.timedelta(minutes=10)
+OFFLINE_FILE = "OFFLINE"
 
 # The texts AD CS puts in its disposition messages, so operators see familiar words.
 UNSUPPORTED_TEMPLATE = (
@@ -288,7 +289,15 @@ class DevCAConnector:
             message="Issued",
         )
 
+    def _available(self) -> None:
+        # An operator's outage switch, as `net stop certsvc` is on AD CS: while the file
+        # <devca state>/OFFLINE exists the CA cannot be reached (used to rehearse CA outages).
+        if (self.ca.state_dir / OFFLINE_FILE).exists():
+            raise TransientError("the CA is not available: the RPC server is unavailable (certsvc stopped)",
+                                 reason="CAUnavailable")
+
     def submit(self, request: SigningRequest) -> Disposition:
+        self._available()
         self.ca.ensure()
         try:
             csr = x509.load_pem_x509_csr(request.csr_pem.encode())
@@ -319,6 +328,7 @@ class DevCAConnector:
         return self._issued(request_id, cert)
 
     def retrieve(self, request_id: str) -> Disposition:
+        self._available()
         data = self.ca.load_request(request_id)
         decision = data.get("decision")
         if decision == "issued" and data.get("certificate_pem"):
