@@ -128,6 +128,9 @@ class EventPublisher:
         if not self.gate.open:
             logger.info("events: publishing is off; dropped %d event(s)", len(events))
             return 0
+        for event in events:
+            logger.info("events: %s for %s/%s version %s (event %s)", event.type.rsplit(".", 1)[-1],
+                        event.vault_name, event.subject, event.data["Version"], event.id)
         published_at = self._clock.now_datetime()
         for worker in self.workers:
             wanted = [e for e in events if e.type in worker.settings.event_types]
@@ -135,9 +138,6 @@ class EventPublisher:
                 worker.outbox.add([OutboxEntry(event=e, published_at=time.time(), publish_time=event_time(published_at))
                                    for e in wanted])
                 worker.wake()
-        for event in events:
-            logger.info("events: %s for %s/%s version %s (event %s)", event.type.rsplit(".", 1)[-1],
-                        event.vault_name, event.subject, event.data["Version"], event.id)
         return len(events)
 
     # Admin --------------------------------------------------------------------------------------
