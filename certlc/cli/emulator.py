@@ -101,9 +101,10 @@ def _print_endpoints(endpoints: Any, state_dir: Path) -> None:
 
 
 def _print_events(settings: Any, offset_seconds: float) -> None:
+    from certlc.emulator.clock import describe_offset
     from certlc.emulator.senders import describe  # never prints a webhook key or connection string
 
-    lines = [f"  clock offset: {offset_seconds:g}s (change it: certlc emulator-clock 25d --state-dir ...)"]
+    lines = [f"  clock offset: {describe_offset(offset_seconds)} (change it: certlc emulator-clock 25d --state-dir ...)"]
     if settings.subscriptions:
         lines.append(f"  Event Grid subscriptions (expiry scan every {settings.event_scan_seconds:g}s):")
         lines += [f"    {sub.name}: {describe(sub)}; events: {', '.join(t.rsplit('.', 1)[-1] for t in sub.event_types)}"
@@ -138,4 +139,6 @@ def emulator_clock(
         state = get_clock(path) if offset is None else set_clock_offset(path, offset)
     except CertlcError as exc:
         exit_with_error(str(exc), 2)
-    print(f"certlc emulator clock: now {state['now']} (offset {state['offset_seconds']:g}s)", flush=True)
+    from certlc.emulator.clock import describe_offset
+
+    print(f"certlc emulator clock: now {state['now']} (offset {describe_offset(state['offset_seconds'])})", flush=True)

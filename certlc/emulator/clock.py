@@ -9,18 +9,26 @@ delivery retries keep real time: they are about this machine's wall clock, not t
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable
 
 from certlc.times import parse_duration
 
-__all__ = ["EmulatorClock", "parse_offset"]
+__all__ = ["EmulatorClock", "describe_offset", "parse_offset"]
+
+logger = logging.getLogger(__name__)
 
 
 def parse_offset(value: str | float | int) -> float:
     """Seconds from ``"25d"``, ``"-3h"``, ``"90"`` or a number; ValueError says what is wrong."""
     return parse_duration(value).total_seconds()
+
+
+def describe_offset(seconds: float) -> str:
+    """``+2160000s (+25 days)``: readable in a log line or the CLI."""
+    return f"{seconds:+.0f}s ({seconds / 86400:+.4g} days)"
 
 
 class EmulatorClock:
@@ -50,6 +58,7 @@ class EmulatorClock:
         with self._lock:
             self._offset = float(offset_seconds)
             listeners = list(self._listeners)
+        logger.info("emulator clock offset set to %s", describe_offset(self._offset))
         for listener in listeners:
             listener(self._offset)
 

@@ -84,7 +84,8 @@ class SubscriptionWorker:
         self._wake = threading.Condition()
         self._woken = False
         self._stopping = False
-        self.validated = not sender.needs_handshake
+        self.validated = not sender.needs_handshake  # not persisted: a restart shakes hands again
+        self._handshake_problem: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"certlc-events-{settings.name}", daemon=True)
 
     # Control ------------------------------------------------------------------------------------
@@ -145,9 +146,13 @@ class SubscriptionWorker:
             problem = self._sender.handshake()
             if problem is not None:
                 held = len(self.outbox.snapshot()[0])
-                logger.warning("events: subscription %s is not validated, holding %d event(s); trying again in %gs: %s",
-                               self.settings.name, held, self._retry_seconds, problem)
+                # Loud once per distinct problem, quiet while it repeats every scan.
+                level = logging.DEBUG if problem == self._handshake_problem else logging.WARNING
+                self._handshake_problem = problem
+                logger.log(level, "events: subscription %s is not validated, holding %d event(s); "
+                           "trying again every %gs: %s", self.settings.name, held, self._retry_seconds, problem)
                 return self._retry_seconds
+            self._handshake_problem = None
             self.validated = True
             logger.info("events: subscription %s validated (%s)", self.settings.name, describe(self.settings))
         batch = self._due_batch(now)

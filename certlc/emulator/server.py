@@ -28,7 +28,7 @@ import uvicorn
 from certlc.config import EmulatorSettings
 from certlc.emulator.admin_api import admin_routes
 from certlc.emulator.audit import AuditLog, AuditRecord, read_audit_log
-from certlc.emulator.clock import EmulatorClock, parse_offset
+from certlc.emulator.clock import EmulatorClock, describe_offset, parse_offset
 from certlc.emulator.identity import IDENTITY_PATH, TokenIssuer, identity_app
 from certlc.emulator.keyvault import vault_app
 from certlc.emulator.publisher import EventPublisher
@@ -201,9 +201,9 @@ def _start(settings: EmulatorSettings, state_dir: Path, lock: _StateLock) -> Emu
     atomic_write(state_dir / ENDPOINTS_FILE, endpoints.to_json())
     publisher.start(vaults)
     logger.info(
-        "Key Vault emulator listening: %s; identity endpoint %s; CA bundle %s; clock offset %gs",
+        "Key Vault emulator listening: %s; identity endpoint %s; CA bundle %s; clock offset %s",
         ", ".join(f"{n} {u}" for n, u in vault_urls.items()), endpoints.identity_endpoint, tls.ca_bundle,
-        clock.offset_seconds,
+        describe_offset(clock.offset_seconds),
     )
     for sub in settings.subscriptions:
         logger.info("Event Grid subscription %s: %s", sub.name, describe(sub))

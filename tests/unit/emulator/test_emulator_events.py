@@ -378,3 +378,18 @@ def test_subscriptions_get_only_their_event_types(tmp_path: Path) -> None:
     assert outbox.snapshot()[0] == []
     clock.set_offset(15 * DAY)
     assert [e.event.type for e in outbox.snapshot()[0]] == [NEAR_EXPIRY]
+
+
+def test_the_cli_printout_lists_subscriptions_without_secrets(capsys: pytest.CaptureFixture[str]) -> None:
+    from certlc.cli.emulator import _print_events
+
+    settings = EmulatorSettings(subscriptions=[
+        {"name": "hook", "destination": "webhook", "endpoint": "https://hook.example/api/events?key=s3cret"},
+        {"name": "q", "destination": "storage_queue", "queue_name": "renewals",
+         "queue_connection_string": "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=S3CRETKEY;"},
+    ])
+    _print_events(settings, 25 * DAY)
+    out = capsys.readouterr().out
+    assert "hook: webhook https://hook.example/api/events (eventgrid)" in out
+    assert "q: storage queue renewals" in out and "+25 days" in out
+    assert "s3cret" not in out and "S3CRETKEY" not in out
