@@ -248,8 +248,14 @@ def test_handshakes_come_first_and_every_destination_gets_new_version_created(
     assert [(e.type, e.version) for e in second] == [(NEW_VERSION, merged.properties.version)]
     # The create itself (pending, no certificate yet) published nothing.
     assert len(webhook.events("/ok")) == 2
+    # A self-issued create has its version at once.
+    issued = certificates.begin_create_certificate(
+        "self-issued", CertificatePolicy(issuer_name="Self", subject="CN=self", key_type="EC", key_curve_name="P-256"),
+        _polling_interval=0).result()
+    third = wait_for(lambda: [e for e in webhook.events("/ok") if e.object_name == "self-issued"], "the create's event")
+    assert [(e.type, e.version) for e in third] == [(NEW_VERSION, issued.properties.version)]
     stats = stats_of(handle, "eg-hook")
-    assert stats["validated"] and stats["delivered"] == 2 and stats["pending"] == 0
+    assert stats["validated"] and stats["delivered"] == 3 and stats["pending"] == 0
     assert "s3cr3t" not in json.dumps(get_event_stats(handle.state_dir))
 
 
