@@ -40,6 +40,7 @@ from certlc.times import iso_utc
 __all__ = [
     "MAX_DELIVERY_BYTES",
     "MAX_QUEUE_MESSAGE_BYTES",
+    "RENEWING_TYPES",
     "Event",
     "EventType",
     "KeyVaultEvent",
@@ -62,6 +63,10 @@ class EventType(StrEnum):
     NEW_VERSION = "Microsoft.KeyVault.CertificateNewVersionCreated"
     EXPIRED = "Microsoft.KeyVault.CertificateExpired"
     VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
+
+
+# The events that call for a renewal; NewVersionCreated is accepted and needs nothing.
+RENEWING_TYPES = frozenset({EventType.NEAR_EXPIRY, EventType.EXPIRED})
 
 
 # --- wire models: the envelopes as they arrive (unknown fields ignored) ------------------------
@@ -109,6 +114,11 @@ class KeyVaultEvent:
     expires: dt.datetime | None = None
     # The envelope as it arrived: what the receiver puts on the queue (Event Grid's own shape).
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def renews(self) -> bool:
+        """Whether this event calls for a renewal (near expiry, expired)."""
+        return self.type in RENEWING_TYPES
 
     @property
     def renewal_key(self) -> str:

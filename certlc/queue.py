@@ -93,7 +93,7 @@ class RenewalQueue:
 
     def receive(self, max_messages: int = 32) -> tuple[list[QueuedEvent], list[Poison]]:
         """Up to ``max_messages`` messages, hidden for the visibility timeout. Readable events
-        come first, de-duplicated by certificate version (the extra copies are completed at once:
+        come first, renewing ones de-duplicated by certificate version (the extra copies are completed at once:
         one renewal serves them all); unreadable or over-received messages come back as Poison."""
         events: list[QueuedEvent] = []
         poison: list[Poison] = []
@@ -120,6 +120,9 @@ class RenewalQueue:
                                      f"not a Key Vault certificate event ({type(event).__name__})"))
                 continue
             item = QueuedEvent(message.id, message.pop_receipt, count, event, content)
+            if not event.renews:  # NewVersionCreated: nothing to renew, nothing to collapse
+                events.append(item)
+                continue
             if event.renewal_key in seen:
                 self.complete(item)  # a duplicate of a version already in this batch
                 continue

@@ -67,6 +67,11 @@ def drain_queue(max_messages: int = 1000) -> dict[str, Any]:
         work: list[tuple[QueuedEvent, dict[str, Any]]] = []
         for item in events:
             key = item.event.renewal_key
+            if not item.event.renews:
+                queue.complete(item)
+                rows.append({"message": item.message_id, "certificate": key, "action": "complete",
+                             "reason": f"{item.event.type.value.rsplit('.', 1)[-1]}: nothing to renew"})
+                continue
             if key in done:
                 queue.complete(item)
                 rows.append({"message": item.message_id, "certificate": key, "action": "complete",

@@ -37,15 +37,13 @@ from starlette.routing import Route
 
 from certlc.config import Settings, VaultSettings
 from certlc.errors import CertlcError, InvalidInput
-from certlc.events import EventType, KeyVaultEvent, UnrecognizedEvent, ValidationEvent, parse_delivery, vault_for
+from certlc.events import KeyVaultEvent, UnrecognizedEvent, ValidationEvent, parse_delivery, vault_for
 from certlc.webhook.auth import BearerVerifier, KeysUnavailable, TokenRejected
 
 __all__ = ["AcceptedEvent", "EventSink", "create_app"]
 
 log = logging.getLogger("certlc.webhook")
 
-# Key Vault events that call for a renewal; NewVersionCreated is accepted and needs nothing.
-RENEWING = {EventType.NEAR_EXPIRY, EventType.EXPIRED}
 JSON_TYPES = ("application/json", "application/cloudevents+json", "application/cloudevents-batch+json")
 
 
@@ -140,7 +138,7 @@ def create_app(settings: Settings, sink: EventSink) -> Starlette:
                 vault = vault_for(event, settings)
             except InvalidInput as exc:
                 return _error(400, exc.reason, exc.message)
-            if event.type in RENEWING:
+            if event.renews:
                 accepted.append(AcceptedEvent(event, vault))
         try:
             # The sink does blocking I/O (queue, Prefect API): keep it off the event loop.
