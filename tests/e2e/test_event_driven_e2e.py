@@ -124,12 +124,22 @@ class LocalStack:
         queue messages themselves."""
         with self.prefect() as api:
             deployment = api.get("/deployments/name/drain-queue/drain-queue").json()
-            api.patch(f"/deployments/{deployment['id']}", json={"paused": True}).raise_for_status()
+        self._set_paused(deployment["id"], True)
         try:
             yield
         finally:
-            with self.prefect() as api:
-                api.patch(f"/deployments/{deployment['id']}", json={"paused": False}).raise_for_status()
+            self._set_paused(deployment["id"], False)
+
+    def _set_paused(self, deployment_id: str, paused: bool) -> None:
+        # SQLite-backed Prefect answers 503 while the database is busy (a drain every 10 s):
+        # try again, as Prefect's own client does.
+        with self.prefect() as api:
+            for _ in range(10):
+                response = api.patch(f"/deployments/{deployment_id}", json={"paused": paused})
+                if response.status_code != 503:
+                    break
+                time.sleep(1)
+            response.raise_for_status()
 
     def flow_run(self, run_id: Any) -> dict[str, Any]:
         with self.prefect() as api:
@@ -201,9 +211,9 @@ def test_with_the_webhook_stopped_the_queue_drain_renews(stack: LocalStack) -> N
         # Already 25 emulator-days closer: 50 real days left is 25 in Key Vault's eyes.
         stack.issue("via-queue", remaining_days=50)
         elapsed = stack.wait_renewed("via-queue", timeout=40)
-        drains = [r for r in stack.flow_runs("renew-certificate", name="via-queue")
-                  if r["parent_task_run_id"] and r["state_type"] == "COMPLETED"]
-        assert drains, "the renewal was not a child run of the drain"
+        runs = stack.wait_flow_runs_final("renew-certificate", name="via-queue")
+        drains = [r for r in runs if r["parent_task_run_id"] and r["state_type"] == "COMPLETED"]
+        assert drains, f"the renewal was not a child run of the drain: {runs}"
         print(f"renewed through the queue drain {elapsed:.1f} s after the certificate was created")
     finally:
         port = int(stack.info.webhook_url.split(":")[2].split("/")[0])
