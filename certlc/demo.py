@@ -1,12 +1,15 @@
-"""``certlc demo``: the main job end to end on the local stack.
+"""``certlc demo``: the main job end to end on the local stack, driven by Key Vault's events.
 
-It starts the Key Vault emulator and a Prefect server on loopback, seeds a vault with
-certificates issued by the dev CA (two template styles, RSA and EC keys, SAN sets taken from
-real certificates in the field corpus, Recipient tags, lifetimes so that some are expired, some
-inside the renewal window and some not due), runs the sweep as a user would (``certlc sweep``),
-checks every promise (one new version per due certificate with the same subject, SANs, key and
-template and the expiry extended by the template's validity; nothing else touched; a second
-sweep renews nothing), and prints the result.
+It starts the local stack (``certlc up``: Azurite, the Key Vault emulator with Event Grid
+delivery, a Prefect server with prefect.yaml deployed, a worker, the webhook receiver, an SMTP
+sink), seeds a vault with certificates issued by the dev CA (two template styles, RSA and EC
+keys, SAN sets taken from real certificates in the field corpus, Recipient tags, lifetimes so
+that some are expired, some near expiry and some far from it), moves the emulator's clock 25
+days ahead so Key Vault sends its near-expiry events, and waits while the webhook starts the
+renewals and the worker runs them. Then it checks every promise (one new version per certificate
+in Key Vault's window with the same subject, SANs, key and template and the expiry extended by
+the template's validity; nothing else touched; a sweep afterwards renews nothing) and prints the
+result.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from certlc.ca.devca import DevCA
 from certlc.config import CLIENT_AUTH, SERVER_AUTH, Settings, TemplateSpec, load_settings
 from certlc.errors import CertlcError
-from certlc.stack import CLI, LocalStack, free_port, start_emulator, start_prefect_server
+from certlc.stack import CLI
 from certlc.vault import desired_sans, read_certificate
 from certlc.x509 import dns_a_label, template_of
 
@@ -94,7 +98,7 @@ DEMO_CERTIFICATES = [
     DemoCertificate("legacy-expired", "CN=legacy.contoso.com",
                     {"dns_names": ["legacy.contoso.com", "www.legacy.contoso.com"]}, ("RSA", 2048),
                     "WebServer", 730, -40, "legacy@contoso.com", "acme-le-stackoverflow-leaf-e8-chain.pem shape"),
-    DemoCertificate("not-due-soon", "CN=portal.contoso.com",
+    DemoCertificate("portal-contoso", "CN=portal.contoso.com",
                     {"dns_names": ["portal.contoso.com"]}, ("EC", "P-256"), "WebServerShort", 90, 45,
                     "portal@contoso.com", "single-name web server"),
 ]
@@ -202,29 +206,37 @@ vaults = ["demo"]
     return path
 
 
-def run_demo(state: Path, *, progress: Any = print) -> dict[str, Any]:
-    """Run the whole demo in ``state``; returns the report (see ``certlc demo --json``)."""
+SHIFT_DAYS = 25  # how far the demo moves the emulator's clock
+KEY_VAULT_WINDOW_DAYS = 30  # Key Vault sends CertificateNearExpiry 30 days before expiry
+
+
+def event_due(spec: DemoCertificate) -> bool:
+    """Whether Key Vault, its clock shifted by SHIFT_DAYS, sees ``spec`` in its near-expiry window."""
+    return spec.remaining_days - SHIFT_DAYS < KEY_VAULT_WINDOW_DAYS
+
+
+def run_demo(state: Path, *, progress: Any = print, timeout: float = 180) -> dict[str, Any]:
+    """Run the whole demo in ``state``; returns the report (see ``certlc demo --json``).
+
+    Event-driven, as in production: `certlc up` starts the local stack, the vault is seeded, the
+    emulator's clock moves SHIFT_DAYS ahead, Key Vault's near-expiry events reach the webhook
+    (and the queue), the worker runs the renewals. Then a sweep checks nothing else is due.
+    """
+    from certlc.emulator.admin import set_clock_offset
+    from certlc.up import stop_all, up
+
     state = state.resolve()
-    for part in ("emulator", "devca", "results"):
-        shutil.rmtree(state / part, ignore_errors=True)
-    state.mkdir(parents=True, exist_ok=True)
-    config = write_config(state, free_port(), free_port())
-    settings: Settings = load_settings(config)
-    stack = LocalStack()
-    try:
-        progress("starting the Key Vault emulator ...")
-        emu, endpoints = start_emulator(config, settings.emulator_path, state / "logs" / "emulator.log")
-        stack.processes.append(emu)
-        env = {"IDENTITY_ENDPOINT": endpoints["identity_endpoint"], "IDENTITY_HEADER": endpoints["identity_header"]}
-        if os.environ.get("PREFECT_API_URL"):
-            api = os.environ["PREFECT_API_URL"]
-            progress(f"using the Prefect server at {api}")
+    for part in ("emulator", "devca", "results", "prefect", "mail", "logs", "stack.json"):
+        target = state / part
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
         else:
-            progress("starting a Prefect server (SQLite) ...")
-            server, api = start_prefect_server(state / "prefect", state / "logs" / "prefect-server.log")
-            stack.processes.append(server)
-        env.update({"PREFECT_API_URL": api, "PREFECT_HOME": str(state / "prefect")})
-        os.environ.update(env)  # the demo's own SDK clients use the worker identity too
+            target.unlink(missing_ok=True)
+    info, procs = up(state, progress=progress, drain_interval_seconds=10)
+    try:
+        os.environ.update(info.env)  # the demo's own SDK clients use the worker identity too
+        config = Path(info.config)
+        settings: Settings = load_settings(config)
 
         from certlc.clients import certificate_client, reset_clients
 
@@ -235,16 +247,28 @@ def run_demo(state: Path, *, progress: Any = print) -> dict[str, Any]:
         progress(f"seeding vault 'demo' with {len(DEMO_CERTIFICATES)} certificates from the dev CA ...")
         seed(client, ca, now)
         before = {spec.name: _state(client, spec.name) for spec in DEMO_CERTIFICATES}
-
-        progress("running the sweep (certlc sweep) ...")
-        first = _sweep(config, env, state / "logs" / "sweep-1.log")
+        progress(f"moving the emulator's clock {SHIFT_DAYS} days ahead: Key Vault's near-expiry events follow ...")
+        shifted = time.monotonic()
+        set_clock_offset(state / "emulator", f"{SHIFT_DAYS}d")
+        expected = [spec.name for spec in DEMO_CERTIFICATES if event_due(spec)]
+        renewed_after: dict[str, float] = {}
+        while len(renewed_after) < len(expected) and time.monotonic() - shifted < timeout:
+            for name in expected:
+                if name not in renewed_after and _versions(client, name) > before[name]["versions"]:
+                    renewed_after[name] = time.monotonic() - shifted
+                    progress(f"  {name} renewed {renewed_after[name]:.1f} s after the shift")
+            time.sleep(0.5)
+        time.sleep(3)  # let duplicate runs (Expired after NearExpiry, the queue copy) finish
         after = {spec.name: _state(client, spec.name) for spec in DEMO_CERTIFICATES}
-        progress("running the sweep again: nothing should be due ...")
-        second = _sweep(config, env, state / "logs" / "sweep-2.log")
+        env = {**info.env}
+        progress("running a sweep (certlc sweep): nothing else should be due ...")
+        second = _sweep(config, env, state / "logs" / "sweep.log")
         final = {spec.name: _state(client, spec.name)["versions"] for spec in DEMO_CERTIFICATES}
-        return _report(before, after, final, first, second, ca, api, state / "logs")
+        return _report(before, after, final, renewed_after, second, ca, info.api, state / "logs")
     finally:
-        stack.stop()
+        progress("stopping the local stack ...")
+        stop_all(procs)
+        (state / "stack.json").unlink(missing_ok=True)
 
 
 def _sweep(config: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
@@ -257,10 +281,8 @@ def _sweep(config: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
         raise CertlcError(f"the sweep failed (exit {proc.returncode}); see {log}", reason="SweepFailed") from None
 
 
-def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int], first: dict[str, Any],
+def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int], renewed_after: dict[str, float],
             second: dict[str, Any], ca: DevCA, api: str, logs: Path) -> dict[str, Any]:
-    due = {row["name"]: row["due"] for row in first["certificates"]}
-    outcome = {row["name"]: row["outcome"] for row in first["certificates"]}
     rows = []
     now = dt.datetime.now(dt.UTC)
     for spec in DEMO_CERTIFICATES:
@@ -274,9 +296,11 @@ def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int]
             "name": spec.name,
             "template": spec.template,
             "key": f"{n.key['type']} {n.key.get('curve') or n.key.get('size')}",
-            "due": bool(due.get(spec.name)),
+            "days_left": spec.remaining_days,
+            "due": event_due(spec),
             "renewed": renewed,
-            "outcome": outcome.get(spec.name, "Missing"),
+            "seconds_after_shift": round(renewed_after[spec.name], 1) if spec.name in renewed_after else None,
+            "outcome": "Renewed" if renewed else ("NotRenewed" if event_due(spec) else "NotDue"),
             "old_thumbprint": o.thumbprint,
             "new_thumbprint": n.thumbprint,
             "old_not_after": o.not_after,
@@ -285,7 +309,7 @@ def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int]
             "sans_kept": new["sans"] == old["sans"] and n.subject == o.subject,
             "template_kept": new["template"] == old["template"],
             "key_kept": n.key == o.key,
-            # The CA sets notAfter = issue time + the template's validity; the sweep ran minutes ago.
+            # The CA sets notAfter = issue time + the template's validity; the renewal ran moments ago.
             "expiry_extended_by_template": renewed and abs((new_after - now) - validity) < dt.timedelta(hours=1),
             "versions_before": old["versions"],
             "versions_after": new["versions"],
@@ -299,5 +323,5 @@ def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int]
         for r in rows
     ) and not second_renewed and all(r["versions_after_second_sweep"] == r["versions_after"] for r in rows) \
         and any(r["due"] for r in rows) and any(not r["due"] for r in rows)
-    return {"ok": ok, "prefect_api": api, "second_sweep_renewed": second_renewed, "certificates": rows,
-            "logs": str(logs)}
+    return {"ok": ok, "prefect_api": api, "shift_days": SHIFT_DAYS, "second_sweep_renewed": second_renewed,
+            "certificates": rows, "logs": str(logs)}

@@ -19,12 +19,13 @@ def demo(
         ".certlc/demo"),
     json_output: Annotated[bool, Parameter(name="--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Seed a local Key Vault with expiring certificates and renew them through Prefect.
+    """Seed a local Key Vault with expiring certificates and renew them from Key Vault's events.
 
-    Starts the Key Vault emulator and a Prefect server on loopback (or uses $PREFECT_API_URL),
-    seeds certificates from the dev CA, runs the sweep twice and checks that every due
-    certificate got exactly one new version with the same subject, SANs, key and template, and
-    that nothing else was touched. Exits 0 only if all of that holds.
+    Starts the local stack (as `certlc up`), seeds certificates from the dev CA, moves the
+    emulator's clock 25 days ahead so Key Vault sends near-expiry events to the webhook and the
+    queue, waits for the worker's renewals, runs a sweep, and checks that every certificate in
+    Key Vault's window got exactly one new version with the same subject, SANs, key and template,
+    and that nothing else was touched. Exits 0 only if all of that holds; stops the stack after.
     """
     from certlc.demo import run_demo
 
@@ -48,21 +49,26 @@ def _print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="certlc demo: vault 'demo' after the sweep")
+    table = Table(title=f"certlc demo: vault 'demo' after Key Vault's clock moved {report['shift_days']} days ahead")
     table.add_column("certificate", no_wrap=True)
-    for column in ("template", "key", "SANs kept", "expiry old → new", "thumbprint old → new", "outcome"):
+    for column in ("template", "key", "days left", "SANs kept", "expiry old → new", "thumbprint old → new", "outcome"):
         table.add_column(column, no_wrap=True)
     for row in report["certificates"]:
         old, new = row["old_not_after"][:10], row["new_not_after"][:10]
         expiry = f"{old} → {new}" if row["renewed"] else old
         thumb = f"{row['old_thumbprint'][:8]} → {row['new_thumbprint'][:8]}" if row["renewed"] else row["old_thumbprint"][:8]
         kept = ("yes" if row["sans_kept"] else "[red]NO[/red]") + f" ({len(row['sans'])})"
-        outcome = row["outcome"] if row["due"] else "not due, untouched"
-        table.add_row(row["name"], row["template"], row["key"], kept, expiry, thumb, outcome)
-    # Piped output defaults to 80 columns, which folds every cell; the table needs about 130.
-    console = Console(width=max(Console().width, 140))
+        if not row["due"]:
+            outcome = "not due, untouched"
+        elif row["renewed"] and row["seconds_after_shift"] is not None:
+            outcome = f"renewed by event, {row['seconds_after_shift']:.0f} s"
+        else:
+            outcome = "[red]NOT renewed[/red]"
+        table.add_row(row["name"], row["template"], row["key"], f"{row['days_left']:g}", kept, expiry, thumb, outcome)
+    # Piped output defaults to 80 columns, which folds every cell; the table needs about 160.
+    console = Console(width=max(Console().width, 170))
     console.print(table)
-    console.print(f"second sweep renewed: {', '.join(report['second_sweep_renewed']) or 'nothing'}")
+    console.print(f"sweep afterwards renewed: {', '.join(report['second_sweep_renewed']) or 'nothing'}")
     console.print(f"logs: {report['logs']}")
     console.print("[green]OK[/green]: every due certificate renewed once, nothing else touched"
                   if report["ok"] else "[red]FAILED[/red]: a promise did not hold; see the table and the logs")
