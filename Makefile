@@ -16,11 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 # Azurite (the Azure Storage emulator) for the queue, pinned in package-lock.json.
 node_modules/.installed: package.json package-lock.json
-	@command -v npm >/dev/null || { echo "certlc needs Node.js and npm for Azurite (apt-get install nodejs npm)"; exit 1; }
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq nodejs npm; } || \
+		{ echo "certlc needs Node.js and npm for Azurite: sudo apt-get install nodejs npm"; exit 1; }
 	npm ci --no-audit --no-fund --silent
 	@touch $@
 
-demo: venv
+demo: venv node_modules/.installed
 	$(BIN)/certlc demo
 
 test: venv node_modules/.installed
