@@ -38,7 +38,10 @@ def webhook(
     if not os.environ.get("PREFECT_API_URL"):
         exit_with_error("no Prefect server: set PREFECT_API_URL to the server the worker uses", 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    # One line per delivery is ours; the SDKs' per-request lines would be noise (and a URL can
+    # carry a key).
+    for noisy in ("azure", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     import uvicorn
 
