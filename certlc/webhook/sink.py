@@ -9,6 +9,8 @@ redelivery return the run the first delivery created instead of starting a secon
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -67,17 +69,49 @@ class DeploymentStarter:
 
 
 class RenewalSink:
-    """The receiver's sink: queue (when configured) then start a run, per event, in order."""
+    """The receiver's sink: queue (when configured) then start a run, per event, in order.
 
-    def __init__(self, starter: RunStarter, queue: EventQueue | None = None) -> None:
+    Event Grid redelivers, and duplicates often arrive together: copies of an event this process
+    already handed on are answered from memory (the first copy's queue message and run stand),
+    and concurrent copies wait for the first instead of each calling the queue and Prefect.
+    Prefect's idempotency key still covers copies that reach another receiver or a restart.
+    """
+
+    def __init__(self, starter: RunStarter, queue: EventQueue | None = None, remember: int = 10_000) -> None:
         self.starter = starter
         self.queue = queue
+        self._remember = remember
+        self._handed_on: OrderedDict[str, str] = OrderedDict()  # event id -> flow run id
+        self._guard = threading.Lock()
+        self._in_flight: dict[str, threading.Lock] = {}
 
     def accept(self, events: Sequence[AcceptedEvent]) -> None:
         for item in events:
-            if self.queue is not None:
-                # The envelope as Event Grid sent it, base64 as Event Grid writes queues: the
-                # drain reads this exactly like a message Event Grid put there itself.
-                self.queue.send(dict(item.event.raw))
-            run_id = self.starter.start(renewal_parameters(item), idempotency_key=item.event.id)
-            log.info("webhook: event %s -> flow run %s", item.event.id, run_id)
+            self._accept_one(item)
+
+    def _accept_one(self, item: AcceptedEvent) -> None:
+        event_id = item.event.id
+        with self._guard:
+            lock = self._in_flight.setdefault(event_id, threading.Lock())
+        with lock:
+            with self._guard:
+                if event_id in self._handed_on:
+                    log.info("webhook: event %s again: already handed on (flow run %s)", event_id,
+                             self._handed_on[event_id])
+                    return
+            try:
+                if self.queue is not None:
+                    # The envelope as Event Grid sent it, base64 as Event Grid writes queues: the
+                    # drain reads this exactly like a message Event Grid put there itself.
+                    self.queue.send(dict(item.event.raw))
+                run_id = self.starter.start(renewal_parameters(item), idempotency_key=event_id)
+            except BaseException:
+                with self._guard:
+                    self._in_flight.pop(event_id, None)
+                raise
+            with self._guard:  # remembered and released in one step: no copy slips in between
+                self._handed_on[event_id] = run_id
+                while len(self._handed_on) > self._remember:
+                    self._handed_on.popitem(last=False)
+                self._in_flight.pop(event_id, None)
+        log.info("webhook: event %s -> flow run %s", event_id, run_id)

@@ -166,3 +166,42 @@ class TestDrainVerdicts:
 
     def test_retry_delay_never_exceeds_cap(self) -> None:
         assert retry_delay(40, 300) == 300
+
+
+class TestSinkDuplicates:
+    def test_concurrent_copies_of_one_event_queue_once_and_start_once(self) -> None:
+        import threading
+        import time as _time
+
+        queue = Queue()
+        calls: list[str] = []
+
+        def slow_run(name: str, **kw: Any) -> Any:
+            calls.append(kw["idempotency_key"])
+            _time.sleep(0.2)  # Prefect is busy: the copies arrive meanwhile
+            return type("FlowRun", (), {"id": "run-1"})()
+
+        sink = RenewalSink(DeploymentStarter("d/d", run=slow_run), queue)
+        threads = [threading.Thread(target=sink.accept, args=([accepted()],)) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert calls == ["e-1"] and len(queue.sent) == 1
+
+    def test_a_failed_first_copy_is_not_remembered(self) -> None:
+        queue, runs = Queue(), Runs(fail=RuntimeError("down"))
+        sink = RenewalSink(DeploymentStarter("d/d", run=runs), queue)
+        with pytest.raises(TransientError):
+            sink.accept([accepted()])
+        runs.fail = None
+        sink.accept([accepted()])
+        assert len(runs.calls) == 1 and len(queue.sent) == 2  # the retry did the whole job again
+
+    def test_memory_is_bounded(self) -> None:
+        runs = Runs()
+        sink = RenewalSink(DeploymentStarter("d/d", run=runs), None, remember=3)
+        for i in range(5):
+            sink.accept([accepted({**EVENT, "id": f"e-{i}"})])
+        sink.accept([accepted({**EVENT, "id": "e-0"})])  # forgotten: handed on again (Prefect dedupes)
+        assert [c[2]["idempotency_key"] for c in runs.calls] == ["e-0", "e-1", "e-2", "e-3", "e-4", "e-0"]
