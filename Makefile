@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test unit e2e lint venv clean
+.PHONY: demo test unit e2e lint venv clean bench-webhook
 
 venv: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ e2e: venv node_modules/.installed
 
 lint: venv
 	$(BIN)/ruff check .
+
+# Throughput and latency of the webhook receiver on loopback (a benchmark, not a test; a few minutes).
+bench-webhook: venv node_modules/.installed
+	$(BIN)/python -m bench.webhook $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .certlc .pytest_cache test-artifacts node_modules

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): run them with ``make bench-<name>`` or ``python -m bench.<name>``."""
