@@ -254,6 +254,9 @@ class WebhookSettings(_Model):
         description="Prefect deployment started for each accepted event (flow name/deployment name).")
     enqueue: bool = Field(
         default=True, description="Also put each accepted event on the storage queue, so the drain retries it.")
+    max_concurrent_starts: int = Field(
+        default=4, ge=1, le=64,
+        description="Flow runs being created at once (a Prefect server on SQLite refuses concurrent writes).")
     tls_certificate: Path | None = Field(default=None, description="PEM certificate to serve HTTPS with (Event Grid needs HTTPS).")
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_certificate.")
 

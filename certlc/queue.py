@@ -15,8 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import requests
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.queue import QueueClient
+from requests.adapters import HTTPAdapter
 
 from certlc.config import QueueSettings, Settings
 from certlc.errors import ConfigError, InvalidInput, TransientError, first_line
@@ -60,6 +63,12 @@ def queue_clients(settings: Settings, credential: Any = None) -> tuple[QueueClie
     account URL + credential)."""
     q: QueueSettings = settings.queue
     kwargs: dict[str, Any] = {"api_version": q.api_version} if q.api_version else {}
+    # The webhook sends from up to 40 threads; requests' default pool keeps 10 connections and
+    # discards the rest after each use. One larger pool, shared by both queues.
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=64))
+    session.mount("https://", HTTPAdapter(pool_maxsize=64))
+    kwargs["transport"] = RequestsTransport(session=session, session_owner=False)
     if q.connection_string is not None:
         secret = q.connection_string.get_secret_value()
         return (QueueClient.from_connection_string(secret, q.name, **kwargs),

@@ -37,6 +37,9 @@ def webhook(
                         "renewals; set it (or CERTLC_WEBHOOK__SHARED_KEY) and put it in the Event Grid endpoint URL", 2)
     if not os.environ.get("PREFECT_API_URL"):
         exit_with_error("no Prefect server: set PREFECT_API_URL to the server the worker uses", 2)
+    # Prefect's client retries a busy server's 503 up to 5 times (2 + 4 + 8 + 16 + 32 s): longer
+    # than Event Grid waits (30 s). Fewer retries answer 503 in time, and Event Grid retries.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per delivery is ours; the SDKs' per-request lines would be noise (and a URL can
     # carry a key).
@@ -57,7 +60,8 @@ def webhook(
         except CertlcError as exc:
             exit_with_error(f"{exc.message} (or set webhook.enqueue = false to only start runs)", 2)
     _check_deployment(settings.webhook.deployment)
-    app = create_app(settings, RenewalSink(DeploymentStarter(settings.webhook.deployment), queue))
+    starter = DeploymentStarter(settings.webhook.deployment, max_concurrent=settings.webhook.max_concurrent_starts)
+    app = create_app(settings, RenewalSink(starter, queue))
     tls = settings.webhook
     try:
         # access_log off: the access line would carry the query string, i.e. the shared key.
