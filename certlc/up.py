@@ -138,6 +138,17 @@ endpoint = "http://127.0.0.1:{webhook_port}/api/events?key={shared_key}"
 retry_time_scale = 0.05
 dead_letter_delay_seconds = 0
 
+# The same webhook in CloudEvents 1.0 (its OPTIONS handshake); copies of an event reach the
+# receiver twice and start one run.
+[[emulator.subscriptions]]
+name = "certlc-webhook-cloudevents"
+destination = "webhook"
+event_schema = "cloudevents"
+endpoint = "http://127.0.0.1:{webhook_port}/api/events?key={shared_key}"
+event_types = ["Microsoft.KeyVault.CertificateNearExpiry", "Microsoft.KeyVault.CertificateExpired"]
+retry_time_scale = 0.05
+dead_letter_delay_seconds = 0
+
 [[emulator.subscriptions]]
 name = "certlc-queue"
 destination = "storage_queue"

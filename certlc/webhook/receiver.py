@@ -164,6 +164,7 @@ def create_app(settings: Settings, sink: EventSink) -> Starlette:
         allowed = settings.webhook.allowed_origins
         if not origin or ("*" not in allowed and not any(origin == a or origin.endswith("." + a) for a in allowed)):
             return _error(403, "OriginNotAllowed", f"origin {origin or 'none'!r} is not allowed to deliver here")
+        log.info("webhook: CloudEvents validation answered (origin %s)", origin)
         headers = {"WebHook-Allowed-Origin": origin, "Allow": "POST, OPTIONS"}
         rate = request.headers.get("webhook-request-rate")
         if rate:

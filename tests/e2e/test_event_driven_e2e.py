@@ -125,7 +125,14 @@ class LocalStack:
         with self.prefect() as api:
             deployment = api.get("/deployments/name/drain-queue/drain-queue").json()
         self._set_paused(deployment["id"], True)
+
+        def drains_idle() -> bool:  # a drain already running when paused finishes first
+            active = [r for r in self.flow_runs("drain-queue") if r["state_type"] in ("RUNNING", "PENDING")]
+            return not active
+
         try:
+            _eventually(drains_idle, 120, "running drains finishing")
+            _eventually(drains_idle, 120, "running drains finishing")
             yield
         finally:
             self._set_paused(deployment["id"], False)
@@ -187,8 +194,15 @@ def test_every_part_is_up_and_both_subscriptions_validated(stack: LocalStack) ->
     with stack.prefect() as api:
         names = {d["name"] for d in api.post("/deployments/filter", json={}).json()}
     assert names == {"renew-certificate", "drain-queue", "sweep"}
-    _eventually(lambda: all(s.get("validated", True) for s in get_event_stats(stack.emulator_state)["subscriptions"]),
-                30, "the webhook subscription's validation handshake")
+    def validated() -> bool:
+        subscriptions = get_event_stats(stack.emulator_state)["subscriptions"]
+        webhooks = [s for s in subscriptions if s["destination"].startswith("webhook")]
+        return len(webhooks) == 2 and all(s["validated"] for s in webhooks)
+
+    # Event Grid schema (SubscriptionValidationEvent) and CloudEvents (OPTIONS) against the real receiver.
+    _eventually(validated, 30, "both webhook validation handshakes")
+    log = (stack.root / "logs" / "webhook.log").read_text()
+    assert "subscription validation answered" in log and "CloudEvents validation answered" in log
 
 
 def test_near_expiry_event_renews_through_the_webhook(stack: LocalStack) -> None:
