@@ -39,6 +39,7 @@ from certlc.times import iso_utc
 
 __all__ = [
     "MAX_DELIVERY_BYTES",
+    "MAX_EVENT_ID_CHARS",
     "MAX_QUEUE_MESSAGE_BYTES",
     "RENEWING_TYPES",
     "Event",
@@ -56,6 +57,8 @@ __all__ = [
 # Event Grid delivers at most 1 MB per request (batches included); a queue message is 64 KiB.
 MAX_DELIVERY_BYTES = 1024 * 1024
 MAX_QUEUE_MESSAGE_BYTES = 64 * 1024
+MAX_EVENT_ID_CHARS = 200
+_PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
 
 
 class EventType(StrEnum):
@@ -212,6 +215,10 @@ def _key_vault_event(event_id: str, event_type: EventType, schema: str, topic: s
     version = _text(data, "Version", required=False)
     parts = urlsplit(object_id)
     segments = [s for s in parts.path.split("/") if s]
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError:
+        raise InvalidInput(f"event data Id {_short(object_id)!r} has an invalid port", reason="EventInvalid") from None
     if parts.scheme != "https" or not parts.hostname or len(segments) < 2 or segments[0].lower() != "certificates":
         raise InvalidInput(f"event data Id {_short(object_id)!r} is not a Key Vault certificate URL",
                            reason="EventInvalid")
@@ -257,6 +264,10 @@ def parse_event(obj: Any) -> Event:
                            reason="EventInvalid") from None
     if not event_id:
         raise InvalidInput("event has an empty id", reason="EventInvalid")
+    if len(event_id) > MAX_EVENT_ID_CHARS or not _PRINTABLE_ID.fullmatch(event_id):
+        # Event Grid ids are GUIDs; anything else would end up in logs and Prefect's idempotency keys.
+        raise InvalidInput(f"event id {_short(event_id)!r} is not a printable id of at most {MAX_EVENT_ID_CHARS} "
+                           "characters", reason="EventInvalid")
     if kind == EventType.VALIDATION:
         if not isinstance(data, Mapping) or not isinstance(_data_field(data, "validationCode"), str):
             raise InvalidInput("subscription validation event has no validationCode", reason="EventInvalid")
@@ -275,6 +286,8 @@ def _json(raw: bytes | str, what: str) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"{what} is not valid JSON: {_short(str(exc))}", reason="EventInvalid") from None
+    except RecursionError:  # [[[[...]]]] deeper than the interpreter's stack
+        raise InvalidInput(f"{what} nests too deeply to be an event", reason="EventInvalid") from None
 
 
 def parse_delivery(body: bytes) -> list[Event]:

@@ -69,6 +69,9 @@ def queue_clients(settings: Settings, credential: Any = None) -> tuple[QueueClie
     session.mount("http://", HTTPAdapter(pool_maxsize=64))
     session.mount("https://", HTTPAdapter(pool_maxsize=64))
     kwargs["transport"] = RequestsTransport(session=session, session_owner=False)
+    # Fail within seconds when the account is unreachable (the SDK's default retries take
+    # minutes): the caller retries — Event Grid, the drain's schedule, Prefect's task retries.
+    kwargs.update(retry_total=2, connection_timeout=5, read_timeout=30)
     if q.connection_string is not None:
         secret = q.connection_string.get_secret_value()
         return (QueueClient.from_connection_string(secret, q.name, **kwargs),

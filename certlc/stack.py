@@ -30,6 +30,7 @@ __all__ = [
     "free_port",
     "local_prefect_yaml",
     "prefect_command",
+    "process_start_time",
     "repository_root",
     "start_azurite",
     "start_emulator",
@@ -60,17 +61,27 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         _signal_group(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
-    # Whatever the part started (a worker's flow-run processes) goes with it.
+    # Whatever the part started in its own process group goes with it. (A Prefect worker starts
+    # each flow run in a new session and stops those itself on SIGTERM.)
     _signal_group(proc.pid, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    """Signal the process group ``pid`` leads (every part is started as a group leader)."""
-    try:
+    """Signal the process group ``pid`` leads (every part is started as a group leader); a
+    process that leads no group is left alone (not one of ours)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+
+
+def process_start_time(pid: int) -> str | None:
+    """When ``pid`` started, in clock ticks since boot (Linux /proc), to tell a part from a
+    later process that got the same pid; None where /proc is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
 _stop = stop_process
@@ -90,13 +101,17 @@ def wait_until(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: s
                timeout: float) -> None:
     """Poll ``ready`` until it is true; CertlcError naming ``log`` if the process exits or time runs out."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CertlcError(f"{what} exited with code {proc.returncode}; see {log}", reason="StackFailed")
-        with contextlib.suppress(OSError, httpx.HTTPError):
-            if ready():
-                return
-        time.sleep(0.3)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise CertlcError(f"{what} exited with code {proc.returncode}; see {log}", reason="StackFailed")
+            with contextlib.suppress(OSError, httpx.HTTPError):
+                if ready():
+                    return
+            time.sleep(0.3)
+    except BaseException:  # Ctrl-C while waiting: the part must not outlive its starter
+        stop_process(proc)
+        raise
     stop_process(proc)
     raise CertlcError(f"{what} did not become ready within {timeout:.0f} s; see {log}", reason="StackFailed")
 

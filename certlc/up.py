@@ -34,6 +34,7 @@ from certlc.stack import (
     free_port,
     local_prefect_yaml,
     prefect_command,
+    process_start_time,
     repository_root,
     start_azurite,
     start_emulator,
@@ -57,6 +58,17 @@ class Part:
     pid: int
     health: str  # http(s)://... answering 200, or tcp://127.0.0.1:port
     log: str
+    started: str | None = None  # the process's start time (see process_start_time): pid reuse check
+
+    @classmethod
+    def of(cls, name: str, proc: subprocess.Popen[bytes], health: str, log: Path) -> Part:
+        return cls(name, proc.pid, health, str(log), process_start_time(proc.pid))
+
+    def running(self) -> bool:
+        """Still this part: the pid is alive and, where /proc tells, started when this one did."""
+        if not _alive(self.pid):
+            return False
+        return self.started is None or process_start_time(self.pid) in (None, self.started)
 
 
 @dataclass
@@ -168,7 +180,7 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
     :func:`stop_all`). On any failure, what was started is stopped again."""
     root = ensure_private_dir(root.resolve())
     existing = read_stack(root)
-    if existing is not None and any(_alive(p.pid) for p in existing.parts):
+    if existing is not None and any(p.running() for p in existing.parts):
         raise CertlcError(f"a local stack is already running from {root}; `certlc down` stops it",
                           reason="StackRunning")
     logs = root / "logs"
@@ -178,7 +190,8 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
         progress("starting Azurite (storage queue) ...")
         azurite, queue_port = start_azurite(repository_root(), logs / "azurite.log", detach=detach)
         procs.append(azurite)
-        parts.append(Part("azurite", azurite.pid, f"tcp://127.0.0.1:{queue_port}", str(logs / "azurite.log")))
+        parts.append(Part.of("azurite", azurite, f"tcp://127.0.0.1:{queue_port}", logs / "azurite.log"))
+        _record(root, parts)
         webhook_port = free_port()
         config = write_stack_config(root, vault_port=free_port(), identity_port=free_port(),
                                     webhook_port=webhook_port,
@@ -188,8 +201,9 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
         emu, endpoints = start_emulator(config, root / "emulator", logs / "emulator.log", detach=detach)
         procs.append(emu)
         identity = endpoints["identity_endpoint"]
-        parts.append(Part("emulator", emu.pid, "tcp://" + identity.split("//", 1)[1].split("/", 1)[0],
-                          str(logs / "emulator.log")))
+        vault_url = next(iter(endpoints["vault_urls"].values()))
+        parts.append(Part.of("emulator", emu, "tcp://127.0.0.1:" + vault_url.rsplit(":", 1)[1], logs / "emulator.log"))
+        _record(root, parts)
         env = {"IDENTITY_ENDPOINT": identity, "IDENTITY_HEADER": endpoints["identity_header"],
                "CERTLC_CONFIG": str(config), "PREFECT_HOME": str(root / "prefect"),
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -201,7 +215,8 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
             progress("starting the Prefect server (SQLite) ...")
             server, api = start_prefect_server(root / "prefect", logs / "prefect-server.log", detach=detach)
             procs.append(server)
-            parts.append(Part("prefect-server", server.pid, f"{api}/health", str(logs / "prefect-server.log")))
+            parts.append(Part.of("prefect-server", server, f"{api}/health", logs / "prefect-server.log"))
+            _record(root, parts)
         env["PREFECT_API_URL"] = api
         progress(f"deploying prefect.yaml (pool {POOL}) ...")
         _ensure_pool(env, logs / "deploy.log")
@@ -210,23 +225,32 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
         progress("starting the Prefect worker ...")
         worker, worker_port = start_worker(POOL, env, logs / "worker.log", detach=detach)
         procs.append(worker)
-        parts.append(Part("worker", worker.pid, f"http://127.0.0.1:{worker_port}/health", str(logs / "worker.log")))
+        parts.append(Part.of("worker", worker, f"http://127.0.0.1:{worker_port}/health", logs / "worker.log"))
+        _record(root, parts)
         progress("starting the webhook receiver ...")
         hook = start_webhook(config, env, webhook_port, logs / "webhook.log", detach=detach)
         procs.append(hook)
-        parts.append(Part("webhook", hook.pid, f"http://127.0.0.1:{webhook_port}/healthz", str(logs / "webhook.log")))
+        parts.append(Part.of("webhook", hook, f"http://127.0.0.1:{webhook_port}/healthz", logs / "webhook.log"))
+        _record(root, parts)
         progress("starting the SMTP sink ...")
         smtp_port = free_port()
         smtp = start_smtp_sink(root / "mail", smtp_port, logs / "smtp.log", detach=detach)
         procs.append(smtp)
-        parts.append(Part("smtp", smtp.pid, f"tcp://127.0.0.1:{smtp_port}", str(logs / "smtp.log")))
+        parts.append(Part.of("smtp", smtp, f"tcp://127.0.0.1:{smtp_port}", logs / "smtp.log"))
     except BaseException:
         stop_all(procs)
+        (root / STACK_FILE).unlink(missing_ok=True)
         raise
     info = StackInfo(root=str(root), config=str(config), api=api,
                      webhook_url=f"http://127.0.0.1:{webhook_port}/api/events", env=env, parts=parts)
     atomic_write(root / STACK_FILE, info.to_json())
     return info, procs
+
+
+def _record(root: Path, parts: list[Part]) -> None:
+    """What runs so far, so `certlc down` can stop it even if `certlc up` dies half-way."""
+    partial = StackInfo(root=str(root), config="", api="", webhook_url="", env={}, parts=list(parts))
+    atomic_write(root / STACK_FILE, partial.to_json())
 
 
 def _ensure_pool(env: dict[str, str], log: Path) -> None:
@@ -278,7 +302,7 @@ def ps(root: Path) -> list[dict[str, Any]]:
         return []
     rows = []
     for part in info.parts:
-        alive = _alive(part.pid)
+        alive = part.running()
         rows.append({"name": part.name, "pid": part.pid, "running": alive, "healthy": alive and _healthy(part),
                      "health": part.health, "log": part.log})
     return rows
@@ -292,13 +316,14 @@ def down(root: Path, timeout: float = 20) -> list[str]:
         return []
     stopped = []
     for part in reversed(info.parts):
-        if not _alive(part.pid):
+        if not part.running():  # gone, or its pid now belongs to another process
             continue
         _signal_group(part.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(part.pid) and time.monotonic() < deadline:
+        while part.running() and time.monotonic() < deadline:
             time.sleep(0.2)
-        _signal_group(part.pid, signal.SIGKILL)  # the part, if still there, and what it started
+        if part.running():
+            _signal_group(part.pid, signal.SIGKILL)
         stopped.append(part.name)
     (root / STACK_FILE).unlink(missing_ok=True)
     return stopped

@@ -40,7 +40,7 @@ def up(
     try:
         info, procs = start(state_dir, progress=progress, detach=detach, drain_interval_seconds=drain_interval)
     except CertlcError as exc:
-        exit_with_error(exc.message, 1)
+        exit_with_error(exc.message, 2 if exc.reason == "StackRunning" else 1)
     _print_summary(info)
     if detach:
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -52,6 +53,7 @@ def webhook(
     from certlc.webhook import create_app
     from certlc.webhook.sink import DeploymentStarter, RenewalSink
 
+    sock = _listen(host or settings.webhook.host, settings.webhook.port if port is None else port)
     queue = None
     if settings.webhook.enqueue:
         try:
@@ -63,14 +65,33 @@ def webhook(
     starter = DeploymentStarter(settings.webhook.deployment, max_concurrent=settings.webhook.max_concurrent_starts)
     app = create_app(settings, RenewalSink(starter, queue))
     tls = settings.webhook
+    # access_log off: the access line would carry the query string, i.e. the shared key.
+    config = uvicorn.Config(app, ssl_certfile=str(tls.tls_certificate) if tls.tls_certificate else None,
+                            ssl_keyfile=str(tls.tls_key) if tls.tls_key else None,
+                            access_log=False, log_config=None, timeout_graceful_shutdown=5)
     try:
-        # access_log off: the access line would carry the query string, i.e. the shared key.
-        uvicorn.run(app, host=host or settings.webhook.host, port=settings.webhook.port if port is None else port,
-                    ssl_certfile=str(tls.tls_certificate) if tls.tls_certificate else None,
-                    ssl_keyfile=str(tls.tls_key) if tls.tls_key else None,
-                    access_log=False, log_config=None, timeout_graceful_shutdown=5)
-    except (OSError, ValueError) as exc:  # port in use, unreadable TLS files
-        exit_with_error(f"the webhook cannot start: {exc}", 2)
+        config.load()  # reads the TLS files now, so a bad one is one line, not a traceback
+    except (OSError, ValueError) as exc:
+        exit_with_error(f"the webhook cannot use its TLS certificate or key: {exc}", 2)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here, so a port in use or an address this host does not have
+    is one line and exit 2 (uvicorn would log it and exit 3)."""
+    if not 0 <= port <= 65535:
+        exit_with_error(f"port {port} is not between 0 and 65535", 2)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        exit_with_error(f"the webhook cannot listen on {host}:{port}: {exc.strerror}", 2)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _check_deployment(name: str) -> None:

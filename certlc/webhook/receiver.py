@@ -37,7 +37,14 @@ from starlette.routing import Route
 
 from certlc.config import Settings, VaultSettings
 from certlc.errors import CertlcError, InvalidInput
-from certlc.events import KeyVaultEvent, UnrecognizedEvent, ValidationEvent, parse_delivery, vault_for
+from certlc.events import (
+    KeyVaultEvent,
+    UnrecognizedEvent,
+    ValidationEvent,
+    encode_queue_message,
+    parse_delivery,
+    vault_for,
+)
 from certlc.webhook.auth import BearerVerifier, KeysUnavailable, TokenRejected
 
 __all__ = ["AcceptedEvent", "EventSink", "create_app"]
@@ -126,6 +133,9 @@ def create_app(settings: Settings, sink: EventSink) -> Starlette:
             return _error(400, exc.reason, exc.message)
         handshakes = [e for e in events if isinstance(e, ValidationEvent)]
         if handshakes:
+            if len(events) > 1:  # Event Grid sends the handshake alone; answering it would drop the rest
+                return _error(400, "EventInvalid", "a subscription validation event must come alone, "
+                              f"not in a delivery of {len(events)} events")
             log.info("webhook: subscription validation answered (event %s)", handshakes[0].id)
             return JSONResponse({"validationResponse": handshakes[0].validation_code})
         accepted: list[AcceptedEvent] = []
@@ -139,10 +149,16 @@ def create_app(settings: Settings, sink: EventSink) -> Starlette:
             except InvalidInput as exc:
                 return _error(400, exc.reason, exc.message)
             if event.renews:
+                try:  # it must fit in a queue message, or no retry could ever hand it on
+                    encode_queue_message(event.raw)
+                except InvalidInput as exc:
+                    return _error(413, exc.reason, exc.message)
                 accepted.append(AcceptedEvent(event, vault))
         try:
             # The sink does blocking I/O (queue, Prefect API): keep it off the event loop.
             await run_in_threadpool(sink.accept, accepted)
+        except InvalidInput as exc:  # no retry can fix it: say so, so Event Grid stops
+            return _error(400, exc.reason, exc.message)
         except CertlcError as exc:
             log.error("webhook: could not hand on %d event(s): %s", len(accepted), exc.message)
             return JSONResponse({"error": {"code": exc.reason, "message": "try again later"}}, status_code=503)

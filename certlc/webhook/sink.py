@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from certlc.errors import TransientError, first_line
+from certlc.errors import InvalidInput, TransientError, first_line
 from certlc.renewal import Trigger
 from certlc.times import iso_utc
 from certlc.webhook.receiver import AcceptedEvent
@@ -118,37 +118,44 @@ class RenewalSink:
         self.starter = starter
         self.queue = queue
         self._remember = remember
-        self._handed_on: OrderedDict[str, str] = OrderedDict()  # event id -> flow run id
+        # event id -> (certificate version it names, flow run id)
+        self._handed_on: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._guard = threading.Lock()
-        self._in_flight: dict[str, threading.Lock] = {}
+        self._in_flight: dict[str, tuple[threading.Lock, list[int]]] = {}  # event id -> (lock, [waiters])
 
     def accept(self, events: Sequence[AcceptedEvent]) -> None:
         for item in events:
             self._accept_one(item)
 
     def _accept_one(self, item: AcceptedEvent) -> None:
-        event_id = item.event.id
+        event_id, key = item.event.id, item.event.renewal_key
         with self._guard:
-            lock = self._in_flight.setdefault(event_id, threading.Lock())
-        with lock:
-            with self._guard:
-                if event_id in self._handed_on:
-                    log.info("webhook: event %s again: already handed on (flow run %s)", event_id,
-                             self._handed_on[event_id])
+            lock, waiters = self._in_flight.setdefault(event_id, (threading.Lock(), [0]))
+            waiters[0] += 1
+        try:
+            with lock:
+                with self._guard:
+                    known = self._handed_on.get(event_id)
+                if known is not None:
+                    if known[0] != key:
+                        # Event Grid ids are unique per event: the same id for another certificate
+                        # is not a redelivery, and its idempotency key would return the other's run.
+                        raise InvalidInput(f"event id {event_id!r} was already used for {known[0]}, not {key}",
+                                           reason="EventIdReused")
+                    log.info("webhook: event %s again: already handed on (flow run %s)", event_id, known[1])
                     return
-            try:
                 if self.queue is not None:
                     # The envelope as Event Grid sent it, base64 as Event Grid writes queues: the
                     # drain reads this exactly like a message Event Grid put there itself.
                     self.queue.send(dict(item.event.raw))
                 run_id = self.starter.start(renewal_parameters(item), idempotency_key=event_id)
-            except BaseException:
                 with self._guard:
+                    self._handed_on[event_id] = (key, run_id)
+                    while len(self._handed_on) > self._remember:
+                        self._handed_on.popitem(last=False)
+                log.info("webhook: event %s -> flow run %s", event_id, run_id)
+        finally:
+            with self._guard:  # the last copy out removes the lock (a failure lets the next copy try)
+                waiters[0] -= 1
+                if waiters[0] == 0:
                     self._in_flight.pop(event_id, None)
-                raise
-            with self._guard:  # remembered and released in one step: no copy slips in between
-                self._handed_on[event_id] = run_id
-                while len(self._handed_on) > self._remember:
-                    self._handed_on.popitem(last=False)
-                self._in_flight.pop(event_id, None)
-        log.info("webhook: event %s -> flow run %s", event_id, run_id)

@@ -205,3 +205,16 @@ class TestSinkDuplicates:
             sink.accept([accepted({**EVENT, "id": f"e-{i}"})])
         sink.accept([accepted({**EVENT, "id": "e-0"})])  # forgotten: handed on again (Prefect dedupes)
         assert [c[2]["idempotency_key"] for c in runs.calls] == ["e-0", "e-1", "e-2", "e-3", "e-4", "e-0"]
+
+
+def test_an_event_id_reused_for_another_certificate_is_refused() -> None:
+    from certlc.errors import InvalidInput
+
+    runs = Runs()
+    sink = RenewalSink(DeploymentStarter("d/d", run=runs), Queue())
+    sink.accept([accepted()])
+    other = {**EVENT, "data": {**EVENT["data"], "Id": EVENT["data"]["Id"].replace("web01", "web02"),
+                               "ObjectName": "web02"}, "subject": "web02"}
+    with pytest.raises(InvalidInput, match="already used"):
+        sink.accept([accepted(other)])
+    assert len(runs.calls) == 1

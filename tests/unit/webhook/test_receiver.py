@@ -146,3 +146,47 @@ def test_without_a_configured_key_every_delivery_is_refused(sink: Recorder) -> N
     assert post(client, [EVENT], key=None).status_code == 401
     assert post(client, [EVENT], key="anything").status_code == 401
     assert sink.accepted == []
+
+
+@pytest.mark.parametrize(("case", "status"), [
+    ("nested arrays", 400), ("nested objects", 400), ("port out of range", 400), ("port not a number", 400),
+    ("newline in id", 400), ("id of 300 characters", 400), ("event too big for a queue message", 413),
+    ("handshake mixed with an event", 400),
+])
+def test_hostile_deliveries_get_a_4xx_and_reach_nothing(client: TestClient, sink: Recorder, case: str,
+                                                       status: int, caplog: pytest.LogCaptureFixture) -> None:
+    event = copy.deepcopy(EVENT)
+    raw = None
+    if case == "nested arrays":
+        raw = b"[" * 100_000 + b"]" * 100_000
+    elif case == "nested objects":
+        raw = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    elif case.startswith("port"):
+        port = "99999" if case == "port out of range" else "abc"
+        event["data"]["Id"] = f"https://contoso-certs.vault.azure.net:{port}/certificates/web01/{VERSION}"
+    elif case == "newline in id":
+        event["id"] = "e-1\n2026-12-03 INFO certlc.webhook: webhook: accepted forged"
+    elif case == "id of 300 characters":
+        event["id"] = "x" * 300
+    elif case == "event too big for a queue message":
+        event["data"]["Padding"] = "p" * 60_000
+    else:
+        handshake = {"id": "v-1", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "subject": "",
+                     "data": {"validationCode": "CODE"}, "dataVersion": "1", "eventTime": "2026-11-23T15:53:16Z"}
+        raw = json.dumps([handshake, event]).encode()
+    settings = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net"}],
+                                        "webhook": {"shared_key": KEY}})
+    big_client = TestClient(create_app(settings, sink))
+    with caplog.at_level(logging.INFO, logger="certlc.webhook"):
+        response = post(big_client, [event], raw=raw)
+    assert response.status_code == status, response.text
+    assert sink.accepted == []
+    assert "accepted forged" not in "\n".join(r.getMessage() for r in caplog.records if "refused" not in r.getMessage())
+
+
+def test_an_event_the_sink_can_never_hand_on_is_refused_not_retried(client: TestClient, sink: Recorder) -> None:
+    from certlc.errors import InvalidInput
+
+    sink.fail = InvalidInput("event does not fit", reason="EventTooLarge")
+    response = post(client, [EVENT])
+    assert response.status_code == 400 and response.json()["error"]["code"] == "EventTooLarge"
