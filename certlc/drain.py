@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from certlc.errors import CertlcError, InvalidInput, TerminalError
 
-__all__ = ["Alert", "Verdict", "retry_delay", "verdict_for_error", "verdict_for_outcome"]
+__all__ = ["MAX_RETRY_DELAY_SECONDS", "Alert", "Verdict", "retry_delay", "verdict_for_error", "verdict_for_outcome"]
 
 DONE = {"Renewed", "AlreadyRenewed", "NotDue", "Denied"}
 PENDING_RECHECK_SECONDS = 3600
@@ -38,9 +38,14 @@ class Alert:
     details: dict[str, Any]
 
 
-def retry_delay(dequeue_count: int, cap_seconds: int) -> int:
-    """60 s, 120 s, 240 s, ... after the 1st, 2nd, 3rd receive; never more than ``cap_seconds``."""
-    return int(min(60 * 2 ** max(dequeue_count - 1, 0), cap_seconds))
+MAX_RETRY_DELAY_SECONDS = 3600
+
+
+def retry_delay(dequeue_count: int, cap_seconds: int = MAX_RETRY_DELAY_SECONDS) -> int:
+    """120 s, 240 s, 480 s, ... after the 1st, 2nd, 3rd receive; never more than ``cap_seconds``.
+    With the default five receives a failing renewal is retried for about half an hour before
+    it is dead-lettered with an alert (and the sweep still tries it)."""
+    return int(min(120 * 2 ** max(dequeue_count - 1, 0), cap_seconds))
 
 
 def verdict_for_outcome(outcome: dict[str, Any], dequeue_count: int, cap_seconds: int) -> Verdict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.queue import QueueClient
 from requests.adapters import HTTPAdapter
@@ -142,10 +142,20 @@ class RenewalQueue:
             events.append(item)
         return events, poison
 
-    def complete(self, item: QueuedEvent | Poison) -> None:
-        """Delete a message whose renewal is done (or definitively refused and alerted)."""
-        with _storage_errors("delete"), contextlib.suppress(ResourceNotFoundError):
-            self.queue.delete_message(item.message_id, item.pop_receipt)
+    def complete(self, item: QueuedEvent | Poison) -> bool:
+        """Delete a message whose renewal is done (or definitively refused and alerted). False
+        when it was no longer ours to delete: gone, or visible again and received by someone
+        else (its receipt expired) — it will be seen once more, and found done."""
+        with _storage_errors("delete"):
+            try:
+                self.queue.delete_message(item.message_id, item.pop_receipt)
+            except ResourceNotFoundError:
+                return False
+            except HttpResponseError as exc:
+                if exc.error_code == "PopReceiptMismatch" or exc.status_code in (400, 404):
+                    return False
+                raise
+        return True
 
     def release(self, item: QueuedEvent, delay_seconds: int = 0) -> None:
         """Make a message visible again after ``delay_seconds`` (its renewal failed and may

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from certlc.drain import Alert, Verdict, verdict_for_error, verdict_for_outcome
+from certlc.drain import MAX_RETRY_DELAY_SECONDS, Alert, Verdict, verdict_for_error, verdict_for_outcome
 from certlc.errors import InvalidInput
 from certlc.events import vault_for
 from certlc.queue import Poison, QueuedEvent, RenewalQueue, queue_clients
@@ -44,7 +44,10 @@ def drain_queue(max_messages: int = 1000) -> dict[str, Any]:
     settings = current_settings()
     queue = RenewalQueue(*queue_clients(settings), settings.queue)
     resource = f"certlc.queue.{settings.queue.name}"
-    cap = settings.queue.visibility_timeout_seconds
+    cap = MAX_RETRY_DELAY_SECONDS
+    # As many messages as run at once: a received message stays hidden for the visibility
+    # timeout, which must outlast its renewal, not a whole batch's.
+    per_round = min(32, settings.renewal.concurrency)
     rows: list[dict[str, Any]] = []
     done: set[str] = set()  # certificate versions handled by this drain: later copies need no run
     received = 0
@@ -58,7 +61,7 @@ def drain_queue(max_messages: int = 1000) -> dict[str, Any]:
         rows.append({"message": item.message_id, "certificate": None, "action": "dead_letter", "reason": reason})
 
     while received < max_messages:
-        events, poison = queue.receive(min(32, max_messages - received))
+        events, poison = queue.receive(min(per_round, max_messages - received))
         if not events and not poison:
             break
         received += len(events) + len(poison)
@@ -90,7 +93,9 @@ def drain_queue(max_messages: int = 1000) -> dict[str, Any]:
         for (item, _), verdict in zip(work, verdicts, strict=True):
             key = item.event.renewal_key
             if verdict.action == "complete":
-                queue.complete(item)
+                if not queue.complete(item):
+                    logger.warning("%s: message %s came back before its renewal finished (visibility timeout "
+                                   "too short?); it will be seen again and found done", key, item.message_id)
                 done.add(key)
             elif verdict.action == "postpone":
                 queue.postpone(item, verdict.delay_seconds)

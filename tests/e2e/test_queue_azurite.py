@@ -93,3 +93,18 @@ def test_poison_messages_go_to_the_dead_letter_queue(queue: RenewalQueue) -> Non
     contents = sorted(m.content for m in dead)
     assert "this is not an event" in contents
     assert any(json.loads(base64.b64decode(c))["id"] == "retried" for c in contents if c != "this is not an event")
+
+
+def test_completing_with_an_expired_receipt_says_so_and_the_message_survives(queue: RenewalQueue) -> None:
+    import time
+
+    queue.send(event("stale-1"))
+    first = list(queue.queue.receive_messages(visibility_timeout=1))
+    assert len(first) == 1
+    time.sleep(1.5)  # the renewal outlived the visibility timeout: someone else receives it
+    events, _ = queue.receive()
+    assert [e.event.id for e in events] == ["stale-1"]
+    stale = type(events[0])(first[0].id, first[0].pop_receipt, 1, events[0].event, events[0].content)
+    assert queue.complete(stale) is False
+    assert queue.complete(events[0]) is True
+    assert queue.depth() == 0

@@ -157,7 +157,7 @@ class TestDrainVerdicts:
 
     def test_transient_failure_is_released_with_growing_delay(self) -> None:
         delays = [verdict_for_error(TransientError("busy"), n, 1800).delay_seconds for n in (1, 2, 3, 10)]
-        assert delays == [60, 120, 240, 1800]
+        assert delays == [120, 240, 480, 1800]
         assert verdict_for_error(RuntimeError("bug"), 1, 1800).action == "release"
 
     @pytest.mark.parametrize("exc", [InvalidInput("no template"), ConfigError("vault gone"), TerminalError("CA said no")])
