@@ -377,3 +377,20 @@ def test_ui_retry_resumes_at_the_failed_ca_step(stack: LocalStack) -> None:
     assert states["submit-to-ca"] == "Completed" and states["merge"] == "Completed", states
     assert sum(1 for tr in task_runs if tr["name"].startswith("create-csr")
                and tr["state"]["name"] == "Completed") == 1, "Key Vault's CSR step ran exactly once"
+
+
+def test_no_secret_in_any_log_or_result_of_the_stack(stack: LocalStack) -> None:
+    """Runs last: the webhook key, the identity header and key material appear nowhere the stack wrote."""
+    needles = {
+        "webhook shared key": stack.settings.webhook.shared_key.get_secret_value(),
+        "identity header": stack.info.env["IDENTITY_HEADER"],
+        "PEM private key": "PRIVATE KEY-----",
+    }
+    files = [p for p in (stack.root / "logs").rglob("*") if p.is_file()]
+    files += [p for p in stack.settings.results_path.rglob("*") if p.is_file()]
+    files += [p for p in (stack.root / "emulator" / "deadletter").rglob("*.json") if p.is_file()]
+    assert files
+    for path in files:
+        text = path.read_bytes().decode("utf-8", "replace")
+        for what, needle in needles.items():
+            assert needle not in text, f"{what} found in {path}"
