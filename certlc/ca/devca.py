@@ -47,7 +47,7 @@ UNSUPPORTED_TEMPLATE = (
     "The requested certificate template is not supported by this CA. "
     "0x80094800 (-2146875392 CERTSRV_E_UNSUPPORTED_CERT_TYPE)"
 )
-DENIED_BY_POLICY = "Denied by Policy Module 0x80094014 (-2146877420 CERTSRV_E_TEMPLATE_DENIED)"
+DENIED_BY_POLICY = "Denied by Policy Module 0x80094012 (-2146877422 CERTSRV_E_TEMPLATE_DENIED)"
 TAKEN_UNDER_SUBMISSION = "Taken Under Submission"
 
 
