@@ -22,9 +22,10 @@ def register(kind: str, factory: Factory) -> None:
 
 
 def _builtin() -> None:
-    from certlc.ca import devca
+    from certlc.ca import cfssl, devca
 
     register("devca", devca.from_profile)
+    register("cfssl", cfssl.from_profile)
 
 
 def _plugins() -> None:
@@ -45,7 +46,7 @@ def known_kinds() -> list[str]:
             _builtin()
             _plugins()
             _loaded = True
-    return sorted(_FACTORIES)
+    return list(_FACTORIES)  # registration order: the built-in devca first, then cfssl, then plugins
 
 
 def connector_for(profile_name: str, settings: Settings) -> CAConnector:

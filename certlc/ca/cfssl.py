@@ -1,0 +1,282 @@
+"""cfssl as a CA: the remote signer's authenticated sign endpoint (``/api/v1/cfssl/authsign``).
+
+The template certlc resolved for a certificate names a cfssl signing *profile* (after the CA
+profile's ``template_map``, so a v1 template name can be renamed too); the cfssl profile, not
+the request, decides validity, key usage and EKUs. cfssl answers at once: issued or refused,
+never held for approval.
+
+Error mapping (cfssl puts every refusal in an HTTP 400 with ``errors[].code/message``):
+
+* ``invalid token``: our HMAC key is not cfssl's. Configuration, not a denial of this request:
+  :class:`TerminalError` ``CaAuthFailed`` (stop and alert; retrying cannot help).
+* ``no authentication provider``: cfssl has no profile of that name that takes authenticated
+  requests (an unknown profile falls back to cfssl's default policy): ``denied``,
+  ``TemplateNotSupported``, as the dev CA and AD CS answer for an unknown template.
+* codes 5xxx (policy) and 9xxx (CSR): ``denied`` with cfssl's message.
+* anything else cfssl refuses, or an answer we cannot read: :class:`TerminalError`.
+* no connection, timeout, HTTP 5xx/429/408: :class:`TransientError`.
+
+Beware: a cfssl ``signing.default`` that itself has an ``auth_key`` signs requests for unknown
+profiles with the default policy. Give cfssl no authenticated default so unknown profiles are
+refused.
+
+The HMAC key never leaves this module: it is not logged, not put in messages, and the request
+body (which carries the token) is never quoted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
+from certlc.config import CAProfile, Settings
+from certlc.errors import ConfigError, TerminalError, TransientError, first_line
+
+__all__ = ["AUTHSIGN_PATH", "INFO_PATH", "CfsslConnector", "from_profile"]
+
+log = logging.getLogger(__name__)
+
+AUTHSIGN_PATH = "/api/v1/cfssl/authsign"
+INFO_PATH = "/api/v1/cfssl/info"
+DEFAULT_TIMEOUT = 30.0
+# Statuses where the same request may succeed later (overload, gateway trouble, restarts).
+_RETRYABLE_STATUS = {408, 429}
+# cfssl error categories (code // 1000) that refuse this request, not the setup.
+_POLICY_ERROR, _CSR_ERROR = 5, 9
+
+
+class CfsslConnector:
+    """A cfssl ``serve`` (or multirootca) behind the CA connector contract."""
+
+    def __init__(
+        self,
+        profile: str,
+        endpoint: str,
+        auth_key: bytes,
+        *,
+        template_map: dict[str, str] | None = None,
+        label: str | None = None,
+        verify: ssl.SSLContext | bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.profile = profile
+        self.endpoint = endpoint.rstrip("/")
+        self._key = auth_key
+        self.template_map = dict(template_map or {})
+        self.label = label
+        self._client = httpx.Client(verify=verify, timeout=timeout, transport=transport)
+        self._chain: dict[str, tuple[str, ...]] = {}
+
+    def __repr__(self) -> str:  # keep the key out of reprs (tracebacks, debug logs)
+        return f"CfsslConnector(profile={self.profile!r}, endpoint={self.endpoint!r}, label={self.label!r})"
+
+    # --- wire ---------------------------------------------------------------------------------
+    def cfssl_profile(self, template: str) -> str:
+        return self.template_map.get(template, template)
+
+    def authsign_body(self, csr_pem: str, cfssl_profile: str) -> dict[str, str]:
+        """The authsign envelope: the token is an HMAC over exactly the bytes sent as ``request``."""
+        inner: dict[str, str] = {"certificate_request": csr_pem, "profile": cfssl_profile}
+        if self.label:
+            inner["label"] = self.label
+        request = json.dumps(inner).encode()
+        token = hmac.new(self._key, request, hashlib.sha256).digest()
+        return {"token": base64.b64encode(token).decode(), "request": base64.b64encode(request).decode()}
+
+    def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        url = self.endpoint + path
+        try:
+            response = self._client.post(url, json=body)
+        except httpx.TimeoutException:
+            raise TransientError(f"cfssl at {self.endpoint} did not answer in time", reason="CAUnavailable") from None
+        except httpx.HTTPError as exc:
+            raise TransientError(f"cfssl at {self.endpoint} cannot be reached: {first_line(exc)}",
+                                 reason="CAUnavailable") from None
+        status = response.status_code
+        if status >= 500 or status in _RETRYABLE_STATUS:
+            raise TransientError(f"cfssl at {self.endpoint} answered HTTP {status}", reason="CAUnavailable")
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or "success" not in data:
+            # A 404 page or another service: the endpoint is wrong, which retrying cannot fix.
+            raise TerminalError(
+                f"{url} did not answer as a cfssl API (HTTP {status}: {response.text[:120]!r}); "
+                "check the CA profile's endpoint", reason="CaResponseInvalid")
+        return status, data
+
+    @staticmethod
+    def _first_error(data: dict[str, Any]) -> tuple[int, str]:
+        errors = data.get("errors") or []
+        if errors and isinstance(errors[0], dict):
+            code = errors[0].get("code")
+            return (code if isinstance(code, int) else 0), str(errors[0].get("message") or "")
+        return 0, ""
+
+    # --- chain --------------------------------------------------------------------------------
+    def chain(self, cfssl_profile: str = "") -> tuple[str, ...]:
+        """The signer's certificate from ``/info``: cfssl's sign answer holds only the leaf.
+
+        Cached per profile (a multiroot signer may pick different roots); the CA does not change
+        under a running worker often enough to ask on every request.
+        """
+        if cfssl_profile not in self._chain:
+            self._chain[cfssl_profile] = (self._signer_pem(cfssl_profile),)
+        return self._chain[cfssl_profile]
+
+    def _signer_pem(self, cfssl_profile: str) -> str:
+        status, data = self._post(INFO_PATH, {"label": self.label or "", "profile": cfssl_profile})
+        pem = (data.get("result") or {}).get("certificate") if data.get("success") else None
+        if not pem:
+            code, message = self._first_error(data)
+            raise TerminalError(f"cfssl at {self.endpoint} gave no CA certificate: {message or status}",
+                                reason="CaResponseInvalid", ca_code=code)
+        try:
+            x509.load_pem_x509_certificate(str(pem).encode())
+        except ValueError:
+            raise TerminalError(f"cfssl at {self.endpoint} sent an unreadable CA certificate",
+                                reason="CaResponseInvalid") from None
+        return str(pem).strip() + "\n"
+
+    # --- contract -----------------------------------------------------------------------------
+    def submit(self, request: SigningRequest) -> Disposition:
+        cfssl_profile = self.cfssl_profile(request.template)
+        request_id = request.request_key
+        status, data = self._post(AUTHSIGN_PATH, self.authsign_body(request.csr_pem, cfssl_profile))
+        if data.get("success"):
+            return self._issued(data, request, cfssl_profile)
+        code, message = self._first_error(data)
+        cfssl_says = f"cfssl: {message or 'no message'} (code {code})"
+        if message == "invalid token":
+            raise TerminalError(
+                f"cfssl at {self.endpoint} refused certlc's authentication for profile {cfssl_profile!r}: "
+                f"the CA profile's auth key is not the one cfssl has for that profile",
+                reason="CaAuthFailed", ca_code=code)
+        if message == "no authentication provider":
+            return Disposition(DispositionStatus.DENIED, request_id, reason="TemplateNotSupported",
+                               message=f"cfssl has no authenticated signing profile {cfssl_profile!r} ({cfssl_says})")
+        if code // 1000 == _POLICY_ERROR:
+            return Disposition(DispositionStatus.DENIED, request_id, reason="Denied", message=cfssl_says)
+        if code // 1000 == _CSR_ERROR:
+            return Disposition(DispositionStatus.DENIED, request_id, reason="CsrRejected", message=cfssl_says)
+        raise TerminalError(f"cfssl at {self.endpoint} refused the request (HTTP {status}): {cfssl_says}",
+                            reason="CaError", ca_code=code)
+
+    def _issued(self, data: dict[str, Any], request: SigningRequest, cfssl_profile: str) -> Disposition:
+        pem = (data.get("result") or {}).get("certificate")
+        try:
+            cert = x509.load_pem_x509_certificate(str(pem).encode())
+            csr = x509.load_pem_x509_csr(request.csr_pem.encode())
+        except ValueError:
+            raise TerminalError(f"cfssl at {self.endpoint} reported success without a readable certificate",
+                                reason="CaResponseInvalid") from None
+        # Only a certificate for the key Key Vault holds can be merged; anything else is a CA fault.
+        der = serialization.Encoding.DER
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        if cert.public_key().public_bytes(der, spki) != csr.public_key().public_bytes(der, spki):
+            raise TerminalError(f"cfssl at {self.endpoint} issued a certificate for another key",
+                                reason="CaResponseInvalid")
+        # cfssl keeps no request ids; the serial is what its logs and certdb know the result by.
+        serial = format(cert.serial_number, "x")
+        log.info("cfssl issued serial %s with profile %s for %s/%s", serial, cfssl_profile,
+                 request.vault, request.certificate)
+        return Disposition(
+            status=DispositionStatus.ISSUED,
+            request_id=serial,
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            chain_pem=self.chain(cfssl_profile),
+            reason="Issued",
+            message="Issued",
+        )
+
+    def retrieve(self, request_id: str) -> Disposition:
+        raise TerminalError(
+            f"cfssl never holds requests for approval, so there is nothing to retrieve for {request_id!r}",
+            reason="RequestUnknown", request_id=request_id)
+
+    def check(self) -> Health:
+        problems: list[str] = []
+        try:
+            self._signer_pem("")  # not the cache: a preflight must see the CA as it is now
+        except (TransientError, TerminalError) as exc:
+            problems.append(str(exc))
+        return Health(ok=not problems, problems=problems)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _auth_key(name: str, options: dict[str, Any]) -> bytes:
+    if options.get("auth_key") and options.get("auth_key_env"):
+        raise ConfigError(f"CA profile {name!r}: set auth_key or auth_key_env, not both", reason="CaProfileInvalid")
+    if options.get("auth_key_env"):
+        variable = str(options["auth_key_env"])
+        value = os.environ.get(variable, "")
+        where = f"environment variable {variable}"
+        if not value:
+            raise ConfigError(f"CA profile {name!r}: {where} (auth_key_env) is not set", reason="CaProfileInvalid")
+    elif options.get("auth_key"):
+        value, where = str(options["auth_key"]), "options.auth_key"
+    else:
+        raise ConfigError(f"CA profile {name!r} (cfssl) needs options.auth_key or options.auth_key_env",
+                          reason="CaProfileInvalid")
+    try:
+        key = bytes.fromhex(value.strip())
+    except ValueError:
+        key = b""
+    if not key:  # never echo the value: it is the secret
+        raise ConfigError(f"CA profile {name!r}: {where} is not a hex key", reason="CaProfileInvalid")
+    return key
+
+
+def _verify(name: str, ca_bundle: object) -> ssl.SSLContext | bool:
+    if not ca_bundle:
+        return True  # the system's trust store
+    try:
+        return ssl.create_default_context(cafile=str(Path(str(ca_bundle)).expanduser()))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"CA profile {name!r}: ca_bundle {str(ca_bundle)!r} cannot be read as PEM: {first_line(exc)}",
+                          reason="CaProfileInvalid") from None
+
+
+def from_profile(name: str, profile: CAProfile, settings: Settings) -> CfsslConnector:
+    options = profile.options
+    # Settings are unused: everything a cfssl connector needs sits in its CA profile.
+    del settings
+    known = {"auth_key", "auth_key_env", "ca_bundle", "label", "timeout_seconds"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"CA profile {name!r} (cfssl) has unknown option(s) {unknown} (known: {sorted(known)})",
+                          reason="CaProfileInvalid")
+    if not profile.endpoint or not profile.endpoint.startswith(("https://", "http://")):
+        raise ConfigError(f"CA profile {name!r} (cfssl) needs endpoint = the cfssl API base URL, "
+                          "e.g. https://cfssl.example:8888", reason="CaProfileInvalid")
+    try:
+        timeout = float(options.get("timeout_seconds", DEFAULT_TIMEOUT))
+    except (TypeError, ValueError):
+        timeout = -1.0
+    if timeout <= 0:
+        raise ConfigError(f"CA profile {name!r}: timeout_seconds must be a positive number", reason="CaProfileInvalid")
+    return CfsslConnector(
+        name,
+        profile.endpoint,
+        _auth_key(name, options),
+        template_map=profile.template_map,
+        label=str(options["label"]) if options.get("label") else None,
+        verify=_verify(name, options.get("ca_bundle")),
+        timeout=timeout,
+    )
