@@ -22,10 +22,11 @@ def register(kind: str, factory: Factory) -> None:
 
 
 def _builtin() -> None:
-    from certlc.ca import cfssl, devca
+    from certlc.ca import certreq, cfssl, devca
 
     register("devca", devca.from_profile)
     register("cfssl", cfssl.from_profile)
+    register("certreq", certreq.from_profile)  # AD CS through certreq.exe, on a Windows worker
 
 
 def _plugins() -> None:
