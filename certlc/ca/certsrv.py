@@ -1,0 +1,382 @@
+"""AD CS through its web enrollment site, certsrv (kind ``adcs-web``; issue 4, part 2).
+
+The contract is docs/azure-reference.md §11.3: ``POST certfnsh.asp`` with ``Mode=newreq``, the
+CSR and ``CertAttrib=CertificateTemplate:<name>`` answers an HTML page that is read for the
+disposition (issued: a ``certnew.cer?ReqID=N&`` link; pending: "Certificate Pending" and "Your
+Request Id is N."; denied: ``The disposition message is "..."``). The certificate then comes
+from ``certnew.cer?ReqID=N&Enc=b64`` and the chain from ``certnew.p7b`` (a PKCS#7 whose SET is not
+in chain order, inside ``BEGIN CERTIFICATE`` armor); the chain is re-ordered leaf to root.
+``retrieve`` asks ``certnew.cer`` again: a certificate, or an HTML page whose "Disposition
+message:" says pending or denied.
+
+Profile options: ``auth`` (``basic`` | ``client_certificate`` | ``ntlm`` | ``kerberos``),
+``username``, ``password_env`` (the variable holding the password; the password itself is never
+logged nor put in a message), ``ca_bundle``, ``client_certificate``/``client_key``,
+``timeout_seconds``.
+
+Errors: no connection, timeouts and HTTP 5xx/408/429 are :class:`TransientError`; 401/403
+:class:`TerminalError` ``CaAuthFailed``; a page certlc cannot read :class:`TerminalError`
+``CaResponseInvalid``.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import logging
+import os
+import re
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
+from certlc.ca.certreq import HRESULTS, _chain_after, _pem
+from certlc.config import CAProfile, Settings
+from certlc.errors import CertlcError, ConfigError, InvalidInput, TerminalError, TransientError, first_line
+from certlc.x509.load import load_certificates, load_csr
+
+__all__ = ["KIND", "CertsrvConnector", "from_profile", "parse_certificates", "parse_page"]
+
+log = logging.getLogger(__name__)
+
+KIND = "adcs-web"
+DEFAULT_TIMEOUT = 60.0
+AUTH_KINDS = ("basic", "client_certificate", "ntlm", "kerberos")
+_RETRYABLE_STATUS = {408, 429}
+
+_ISSUED = re.compile(r"certnew\.cer\?ReqID=(\d+)&", re.IGNORECASE)
+_PENDING = re.compile(r"Certificate Pending", re.IGNORECASE)
+_REQUEST_ID = re.compile(r"Your Request Id is (\d+)", re.IGNORECASE)
+_DENIED = re.compile(r'The disposition message is "([^"]*)"', re.IGNORECASE | re.S)
+_DISP_MSG = re.compile(r"Disposition message:(.*?)(?:<TR>|</Table>|Result:|$)", re.IGNORECASE | re.S)
+_DISPOSITION = re.compile(r"Disposition:(.*?)(?:<TR>|</Table>|Disposition message:|$)", re.IGNORECASE | re.S)
+_RESULT = re.compile(r"Result:(.*?)(?:<TR>|</Table>|$)", re.IGNORECASE | re.S)
+_HEX = re.compile(r"\b0x([0-9a-fA-F]{8})\b")
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _text(fragment: str) -> str:
+    return " ".join(html.unescape(_TAG.sub(" ", fragment)).split())
+
+
+def _hresult(text: str) -> int | None:
+    for match in _HEX.finditer(text):
+        value = int(match.group(1), 16)
+        if value & 0x80000000:
+            return value
+    return None
+
+
+def parse_page(page: str) -> Disposition | None:
+    """The disposition a certfnsh.asp (or certnew.cer error) page states; None if it states none.
+
+    An error page that says nothing about a request raises :class:`TerminalError` naming its
+    result line (e.g. ``CERTSRV_E_NO_REQUEST``)."""
+    if match := _ISSUED.search(html.unescape(page)):
+        return Disposition(DispositionStatus.ISSUED, match.group(1), reason="Issued", message="Issued")
+    rid = _REQUEST_ID.search(page)
+    request_id = rid.group(1) if rid else ""
+    if _PENDING.search(page) and request_id:
+        return Disposition(DispositionStatus.PENDING, request_id, reason="Pending", message="Taken Under Submission")
+    if match := _DENIED.search(page):
+        message = _text(match.group(1))
+        return _denied(request_id, message)
+    if match := _DISP_MSG.search(page):
+        message = _text(match.group(1))
+        disposition = _text(m.group(1)) if (m := _DISPOSITION.search(page)) else ""
+        result = _text(m.group(1)) if (m := _RESULT.search(page)) else ""
+        if "under submission" in f"{disposition} {message}".lower():
+            return Disposition(DispositionStatus.PENDING, request_id, reason="Pending", message=message)
+        if disposition.lower().startswith("denied") or (message and message != "(none)" and _hresult(message)):
+            return _denied(request_id, message)
+        code = _hresult(result)
+        known = HRESULTS.get(code) if code is not None else None
+        reason = known.reason if known is not None else "CaError"
+        label = f" ({known.name})" if known is not None else ""
+        raise TerminalError(f"AD CS web enrollment reported an error{label}: {result or message}"[:400],
+                            reason=reason, ca_code=f"0x{code:08X}" if code is not None else None)
+    return None
+
+
+def _denied(request_id: str, message: str) -> Disposition:
+    code = _hresult(message)
+    known = HRESULTS.get(code) if code is not None else None
+    reason = known.reason if known is not None and known.kind == "denied" else "Denied"
+    return Disposition(DispositionStatus.DENIED, request_id, reason=reason, message=message or "Denied")
+
+
+def parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
+    """Certificates in a certnew.cer / certnew.p7b body: DER, PEM, PKCS#7 in CERTIFICATE armor."""
+    try:
+        certs = load_certificates(data)
+    except CertlcError:
+        certs = []
+    if not certs:
+        raise TerminalError(f"AD CS web enrollment sent a {what} that holds no readable certificate",
+                            reason="CaResponseInvalid")
+    return certs
+
+
+def _spki(key: Any) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+class CertsrvConnector:
+    """AD CS web enrollment (certsrv) behind the CA connector contract."""
+
+    def __init__(
+        self,
+        profile: str,
+        endpoint: str,
+        *,
+        auth: httpx.Auth | tuple[str, str] | None = None,
+        template_map: dict[str, str] | None = None,
+        default_template: str | None = None,
+        verify: ssl.SSLContext | bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.profile = profile
+        base = endpoint.rstrip("/")
+        if not base.lower().endswith("/certsrv"):
+            base += "/certsrv"
+        self.endpoint = base
+        self._auth = auth
+        self.template_map = dict(template_map or {})
+        self.default_template = default_template
+        self._client = client or httpx.Client(verify=verify, timeout=timeout, transport=transport)
+
+    def __repr__(self) -> str:  # credentials stay out of reprs
+        return f"CertsrvConnector(profile={self.profile!r}, endpoint={self.endpoint!r})"
+
+    # --- wire ---------------------------------------------------------------------------------
+    def _send(self, method: str, page: str, **kwargs: Any) -> httpx.Response:
+        url = f"{self.endpoint}/{page}"
+        try:
+            if self._auth is not None:
+                kwargs["auth"] = self._auth
+            response = self._client.request(method, url, **kwargs)
+        except httpx.TimeoutException:
+            raise TransientError(f"AD CS web enrollment at {self.endpoint} did not answer in time",
+                                 reason="CAUnavailable", profile=self.profile) from None
+        except httpx.HTTPError as exc:
+            raise TransientError(f"AD CS web enrollment at {self.endpoint} cannot be reached: {first_line(exc)}",
+                                 reason="CAUnavailable", profile=self.profile) from None
+        status = response.status_code
+        if status >= 500 or status in _RETRYABLE_STATUS:
+            raise TransientError(f"AD CS web enrollment at {self.endpoint} answered HTTP {status}",
+                                 reason="CAUnavailable", profile=self.profile)
+        if status in (401, 403):
+            offered = ", ".join(response.headers.get_list("www-authenticate")) or "none"
+            raise TerminalError(
+                f"AD CS web enrollment at {self.endpoint} refused certlc's credentials (HTTP {status}); "
+                f"check the CA profile's user name and password or client certificate (the server offers: "
+                f"{offered})", reason="CaAuthFailed", profile=self.profile)
+        if status >= 400:
+            raise TerminalError(f"AD CS web enrollment at {url} answered HTTP {status}; check the CA profile's "
+                                "endpoint (it should end in /certsrv)", reason="CaResponseInvalid",
+                                profile=self.profile)
+        return response
+
+    def _template(self, requested: str) -> str:
+        name = (requested or "").strip() or (self.default_template or "")
+        if not name:
+            raise InvalidInput("the request names no certificate template and the profile has no default",
+                               reason="TemplateMissing", profile=self.profile)
+        name = self.template_map.get(name, name)
+        if re.search(r"[\x00-\x1f\x7f]", name):
+            raise InvalidInput(f"template name {name!r} holds a control character", reason="TemplateInvalid",
+                               profile=self.profile)
+        return name
+
+    def _download(self, kind: str, request_id: str) -> httpx.Response:
+        return self._send("GET", f"certnew.{kind}", params={"ReqID": request_id, "Enc": "b64"})
+
+    @staticmethod
+    def _is_certificate(response: httpx.Response) -> bool:
+        ctype = response.headers.get("content-type", "").lower()
+        return ctype.startswith(("application/pkix-cert", "application/x-pkcs7", "application/pkcs7",
+                                 "application/x-x509", "application/octet-stream"))
+
+    def _issued(self, request_id: str, public_key: bytes | None) -> Disposition:
+        cer = self._download("cer", request_id)
+        if not self._is_certificate(cer):
+            found = parse_page(cer.text)
+            if found is not None and found.status is not DispositionStatus.ISSUED:
+                return Disposition(found.status, request_id, reason=found.reason, message=found.message)
+            raise TerminalError(f"AD CS web enrollment reported request {request_id} issued but certnew.cer "
+                                "sent no certificate", reason="CaResponseInvalid", profile=self.profile,
+                                request_id=request_id)
+        certs = parse_certificates(cer.content, "certnew.cer")
+        p7b = self._download("p7b", request_id)
+        others = parse_certificates(p7b.content, "certnew.p7b") if self._is_certificate(p7b) else []
+        # Find the issued certificate by its key (AD CS's PKCS#7 SET has no order); certnew.cer
+        # holds it alone, so its first certificate is the fallback.
+        leaf = next((c for c in certs + others if public_key and _spki(c.public_key()) == public_key), None)
+        if leaf is None:
+            if public_key is not None:
+                raise TerminalError(f"AD CS issued request {request_id} for another key than the request's",
+                                    reason="CaResponseInvalid", profile=self.profile, request_id=request_id)
+            leaf = certs[0]
+        chain = _chain_after(leaf, [c for c in certs + others if c != leaf])
+        log.info("AD CS web enrollment at %s issued request %s", self.endpoint, request_id)
+        return Disposition(DispositionStatus.ISSUED, request_id, certificate_pem=_pem(leaf),
+                           chain_pem=tuple(_pem(c) for c in chain), reason="Issued", message="Issued")
+
+    # --- the connector contract ---------------------------------------------------------------
+    def submit(self, request: SigningRequest) -> Disposition:
+        template = self._template(request.template)
+        try:
+            csr = load_csr(request.csr_pem)
+        except CertlcError:
+            raise InvalidInput("the certificate request is not a readable PKCS#10 request",
+                               reason="CsrInvalid", profile=self.profile) from None
+        form = {
+            "Mode": "newreq",
+            "CertRequest": csr.public_bytes(serialization.Encoding.PEM).decode(),
+            "CertAttrib": f"CertificateTemplate:{template}",
+            "TargetStoreFlags": "0",
+            "SaveCert": "yes",
+            "ThumbPrint": "",
+            "FriendlyType": "Saved-Request Certificate",
+        }
+        response = self._send("POST", "certfnsh.asp", data=form)
+        try:
+            disposition = parse_page(response.text)
+        except TerminalError as exc:
+            exc.context.setdefault("profile", self.profile)
+            raise
+        if disposition is None:
+            raise TerminalError(f"AD CS web enrollment at {self.endpoint} answered a page certlc cannot read "
+                                f"(no issued, pending or denied disposition in certfnsh.asp, HTTP "
+                                f"{response.status_code}: {_text(response.text)[:120]!r})",
+                                reason="CaResponseInvalid", profile=self.profile)
+        if disposition.status is DispositionStatus.ISSUED:
+            return self._issued(disposition.request_id, _spki(csr.public_key()))
+        return disposition
+
+    def retrieve(self, request_id: str) -> Disposition:
+        request_id = str(request_id).strip()
+        if not request_id.isdigit() or len(request_id) > 10:
+            raise InvalidInput(f"AD CS request id {request_id!r} is not a number", reason="RequestIdInvalid",
+                               profile=self.profile)
+        cer = self._download("cer", request_id)
+        if self._is_certificate(cer):
+            return self._issued(request_id, None)
+        try:
+            found = parse_page(cer.text)
+        except TerminalError as exc:
+            exc.context.setdefault("profile", self.profile)
+            exc.context.setdefault("request_id", request_id)
+            raise
+        if found is None or found.status is DispositionStatus.ISSUED:
+            raise TerminalError(f"AD CS web enrollment at {self.endpoint} answered certnew.cer for request "
+                                f"{request_id} with a page certlc cannot read: {_text(cer.text)[:120]!r}",
+                                reason="CaResponseInvalid", profile=self.profile, request_id=request_id)
+        return Disposition(found.status, request_id, reason=found.reason, message=found.message)
+
+    def check(self) -> Health:
+        try:
+            self._send("GET", "")
+        except CertlcError as exc:
+            return Health(ok=False, problems=[exc.message])
+        return Health(ok=True)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# --- profile ----------------------------------------------------------------------------------
+def _ssl_context(name: str, options: dict[str, Any], auth_kind: str) -> ssl.SSLContext:
+    bundle = options.get("ca_bundle")
+    try:
+        context = ssl.create_default_context(cafile=str(Path(str(bundle)).expanduser()) if bundle else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"CA profile {name!r}: ca_bundle {str(bundle)!r} cannot be read as PEM: {first_line(exc)}",
+                          reason="CaProfileInvalid") from None
+    if auth_kind == "client_certificate":
+        cert, key = options.get("client_certificate"), options.get("client_key")
+        if not cert:
+            raise ConfigError(f"CA profile {name!r}: auth client_certificate needs options.client_certificate "
+                              "(and client_key unless the file holds the key)", reason="CaProfileInvalid")
+        try:
+            context.load_cert_chain(str(Path(str(cert)).expanduser()),
+                                    str(Path(str(key)).expanduser()) if key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"CA profile {name!r}: client certificate {str(cert)!r} / key cannot be loaded: "
+                              f"{first_line(exc)}", reason="CaProfileInvalid") from None
+    return context
+
+
+def _password(name: str, options: dict[str, Any]) -> str:
+    variable = options.get("password_env")
+    if not variable:
+        raise ConfigError(f"CA profile {name!r}: options.password_env must name the environment variable "
+                          "holding the password", reason="CaProfileInvalid")
+    value = os.environ.get(str(variable), "")
+    if not value:
+        raise ConfigError(f"CA profile {name!r}: environment variable {variable} (password_env) is not set",
+                          reason="CaProfileInvalid")
+    return value
+
+
+def _auth(name: str, options: dict[str, Any], auth_kind: str) -> httpx.Auth | None:
+    if auth_kind == "client_certificate":
+        return None
+    if auth_kind == "kerberos":
+        try:
+            module = importlib.import_module("httpx_gssapi")
+        except ImportError:
+            raise ConfigError(f"CA profile {name!r}: auth kerberos needs the httpx-gssapi package on the worker "
+                              "(not installed); use basic or client_certificate", reason="CaProfileInvalid") from None
+        return module.HTTPSPNEGOAuth()  # type: ignore[no-any-return]
+    username = str(options.get("username") or "")
+    if not username:
+        raise ConfigError(f"CA profile {name!r}: auth {auth_kind} needs options.username", reason="CaProfileInvalid")
+    password = _password(name, options)
+    if auth_kind == "ntlm":
+        try:
+            module = importlib.import_module("httpx_ntlm")
+        except ImportError:
+            raise ConfigError(f"CA profile {name!r}: auth ntlm needs the httpx-ntlm package on the worker "
+                              "(not installed); use basic or client_certificate", reason="CaProfileInvalid") from None
+        return module.HttpNtlmAuth(username, password)  # type: ignore[no-any-return]
+    return httpx.BasicAuth(username, password)
+
+
+def from_profile(name: str, profile: CAProfile, settings: Settings) -> CertsrvConnector:
+    del settings  # everything sits in the CA profile
+    options = profile.options or {}
+    known = {"auth", "username", "password_env", "ca_bundle", "client_certificate", "client_key", "timeout_seconds"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"CA profile {name!r} ({KIND}) has unknown option(s) {unknown} (known: {sorted(known)})",
+                          reason="CaProfileInvalid")
+    if not profile.endpoint or not profile.endpoint.startswith(("https://", "http://")):
+        raise ConfigError(f"CA profile {name!r} ({KIND}) needs endpoint = the certsrv URL, "
+                          "e.g. https://ca.contoso.com/certsrv", reason="CaProfileInvalid")
+    auth_kind = str(options.get("auth") or "basic").lower()
+    if auth_kind not in AUTH_KINDS:
+        raise ConfigError(f"CA profile {name!r}: options.auth {auth_kind!r} is not one of {', '.join(AUTH_KINDS)}",
+                          reason="CaProfileInvalid")
+    try:
+        timeout = float(options.get("timeout_seconds", DEFAULT_TIMEOUT))
+    except (TypeError, ValueError):
+        timeout = -1.0
+    if timeout <= 0:
+        raise ConfigError(f"CA profile {name!r}: timeout_seconds must be a positive number", reason="CaProfileInvalid")
+    return CertsrvConnector(
+        name,
+        profile.endpoint,
+        auth=_auth(name, options, auth_kind),
+        template_map=profile.template_map,
+        default_template=profile.default_template,
+        verify=_ssl_context(name, options, auth_kind),
+        timeout=timeout,
+    )

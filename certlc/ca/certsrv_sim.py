@@ -1,0 +1,322 @@
+"""A simulated AD CS web enrollment site (certsrv) in front of the dev CA (issue 4, part 2).
+
+It speaks the contract of docs/azure-reference.md §11.3, byte for byte where clients look:
+
+* ``POST /certsrv/certfnsh.asp`` (form ``Mode=newreq``, ``CertRequest``, ``CertAttrib``,
+  ``TargetStoreFlags``, ``SaveCert``) answers an HTML page: issued (links to
+  ``certnew.cer?ReqID=N&amp;Enc=b64``), pending ("Certificate Pending" ... "Your Request Id is N.")
+  or denied (``The disposition message is "<msg>"`` with the HRESULT). ``Mode=chkpnd`` with
+  ``ReqID`` asks again about a held request, as the "check on a pending certificate" page does.
+* ``GET /certsrv/certnew.cer?ReqID=N&Enc=b64|bin``: the certificate (``application/pkix-cert``;
+  b64 = PEM with CRLF line ends), or an HTML error page carrying "Disposition message:".
+* ``GET /certsrv/certnew.p7b?ReqID=N&Enc=b64|bin``: PKCS#7 with the certificate and its chain,
+  the SET not in chain order; b64 puts the PKCS#7 inside ``BEGIN CERTIFICATE`` armor with CRLF,
+  as AD CS does.
+* ``GET /certsrv/`` and ``/certsrv/certckpn.asp``: plain pages (a health probe target).
+
+The issue / pending / deny decisions are the dev CA's own (:class:`DevCAConnector`), so the
+simulator and the dev CA agree. A CA manager's approval is :func:`approve` (the dev CA's
+``set_decision``). HTTP Basic authentication is checked against ``users`` when given; a
+refusal is a 401 offering ``Basic realm=...`` (plus Negotiate/NTLM, as IIS lists them).
+``app.state.fault`` set to an HTTP status makes every request fail with it (outage rehearsal).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import re
+import secrets
+from urllib.parse import parse_qs
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from certlc.ca.base import Disposition, DispositionStatus, SigningRequest
+from certlc.ca.devca import DevCA, DevCAConnector
+from certlc.errors import CertlcError, TransientError
+
+__all__ = ["NO_CERT_TYPE", "NO_REQUEST", "approve", "certsrv_app", "deny"]
+
+NO_CERT_TYPE = (
+    "The request contains no certificate template information. "
+    "0x80094801 (-2146875391 CERTSRV_E_NO_CERT_TYPE)"
+)
+NO_REQUEST = "Cannot find request. 0x80094002 (-2146877438 CERTSRV_E_NO_REQUEST)"
+BAD_REQUEST = "ASN1 bad tag value met. 0x8009310b (ASN: 267 CRYPT_E_ASN1_BADTAG)"
+UNAVAILABLE = "The RPC server is unavailable. 0x800706ba (WIN32: 1722 RPC_S_SERVER_UNAVAILABLE)"
+
+_HEADER = (
+    '<HTML>\r\n<Head>\r\n\t<Meta HTTP-Equiv="Content-Type" Content="text/html; charset=UTF-8">\r\n'
+    "\t<Title>Microsoft Active Directory Certificate Services</Title>\r\n</Head>\r\n"
+    '<Body BgColor=#FFFFFF><Font ID=locPageFont Face="Arial">\r\n'
+    "<Table Border=0 CellSpacing=0 CellPadding=4 Width=100% BgColor=#008080>\r\n<TR>\r\n"
+    "\t<TD><Font Color=#FFFFFF><LocID ID=locMSCertSrv><Font Face=\"Arial\" Size=-1><B><I>Microsoft</I></B> "
+    "Active Directory Certificate Services &nbsp;--&nbsp; {ca} &nbsp;</Font></LocID></Font></TD>\r\n"
+    '\t<TD ID=locHomeAlign Align=Right><A Href="/certsrv"><Font Color=#FFFFFF><LocID ID=locHomeLink>'
+    '<Font Face="Arial" Size=-1><B>Home</B></Font></LocID></Font></A></TD>\r\n</TR>\r\n</Table>\r\n'
+)
+_FOOTER = "</Font>\r\n</Body>\r\n</HTML>\r\n"
+
+
+def approve(ca: DevCA, request_id: str) -> None:
+    """A CA manager issues a held request (certsrv.msc: All Tasks > Issue)."""
+    ca.set_decision(str(request_id), "approve")
+
+
+def deny(ca: DevCA, request_id: str) -> None:
+    """A CA manager denies a held request."""
+    ca.set_decision(str(request_id), "deny")
+
+
+def _page(ca_name: str, body: str) -> str:
+    return _HEADER.format(ca=html.escape(ca_name)) + body + _FOOTER
+
+
+def _title(text: str) -> str:
+    return f"<P ID=locPageTitle> <B> {text} </B>\r\n"
+
+
+def _issued_page(ca_name: str, request_id: str) -> str:
+    rid = html.escape(request_id)
+    return _page(ca_name, (
+        _title("Certificate Issued")
+        + "<P ID=locInfo>The certificate you requested was issued to you.</P>\r\n"
+        + "\t<Input Type=Radio Name=rbEncoding ID=rbDerEnc Value=\"bin\">DER encoded or\r\n"
+        + "\t<Input Type=Radio Name=rbEncoding ID=rbB64Enc Value=\"b64\" Checked>Base 64 encoded\r\n"
+        + f'<P><A Href="certnew.cer?ReqID={rid}&amp;Enc=b64"><Img Src="certcert.gif" Border=0 Alt="Certificate">'
+        + "<LocID ID=locDownloadCert1>Download certificate</LocID></A>\r\n"
+        + f'<P><A Href="certnew.p7b?ReqID={rid}&amp;Enc=b64"><Img Src="certcert.gif" Border=0 Alt="Chain">'
+        + "<LocID ID=locDownloadCertChain1>Download certificate chain</LocID></A>\r\n"
+        + "<Script Language=\"JavaScript\">\r\n\tfunction handleGetCert() {\r\n"
+        + f'\t\tlocation="certnew.cer?ReqID={rid}&"+getEncoding();\r\n\t}}\r\n</Script>\r\n'
+    ))
+
+
+def _pending_page(ca_name: str, request_id: str, mode: str) -> str:
+    if mode == "chkpnd":
+        info = ("<P ID=locInfoChkPnd> Your certificate request is still pending. You must wait for an\r\n"
+                "administrator to issue the certificate you requested. </P>\r\n")
+    else:
+        info = ("<P ID=locInfoNewReq> Your certificate request has been received. However, you must wait for an\r\n"
+                "administrator to issue the certificate you requested. </P>\r\n")
+    return _page(ca_name, (
+        _title("Certificate Pending") + info
+        + f"<P ID=locReqID> Your Request Id is {html.escape(request_id)}. </P>\r\n"
+        + "<P ID=locInstructions> Please return to this web site in a day or two to retrieve your certificate.</P>\r\n"
+    ))
+
+
+def _denied_page(ca_name: str, request_id: str, message: str) -> str:
+    rid = f"<P ID=locReqID> Your Request Id is {html.escape(request_id)}. </P>\r\n" if request_id else ""
+    return _page(ca_name, (
+        _title("Certificate Request Denied")
+        + "<P ID=locDenied> Your certificate request was denied. </P>\r\n" + rid
+        + f"<P ID=locDispMsg> The disposition message is \"{html.escape(message, quote=False)}\". </P>\r\n"
+        + "<P ID=locContactAdmin>Contact your administrator for further information.\r\n</P>\r\n"
+    ))
+
+
+def _error_page(ca_name: str, mode: str, disposition: str, message: str, result: str) -> str:
+    """certrser.asp: what certnew.cer and certfnsh.asp answer when there is nothing to hand out."""
+    return _page(ca_name, (
+        _title("Error")
+        + "<P ID=locInfo> An unexpected error has occurred: </P>\r\n"
+        + "<Table Border=0 CellSpacing=0 CellPadding=0>\r\n"
+        + f"<TR><TD ID=locModeLabel>Request Mode:</TD>\r\n\t\t<TD>{html.escape(mode)}</TD></TR>\r\n"
+        + f"<TR><TD ID=locDispLabel>Disposition:</TD>\r\n\t\t<TD>{html.escape(disposition)}</TD></TR>\r\n"
+        + f"<TR><TD ID=locDispMsgLabel>Disposition message:</TD>\r\n\t\t{html.escape(message, quote=False)}\r\n"
+        + f"<TR><TD ID=locResultLabel>Result:</TD>\r\n\t\t<TD>{html.escape(result, quote=False)}</TD></TR>\r\n"
+        + "</Table>\r\n"
+    ))
+
+
+def _armor(der: bytes) -> bytes:
+    """``BEGIN CERTIFICATE`` armor with 64-character lines and CRLF, the way AD CS writes Base 64."""
+    body = base64.b64encode(der).decode()
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return ("-----BEGIN CERTIFICATE-----\r\n" + "\r\n".join(lines) + "\r\n-----END CERTIFICATE-----\r\n").encode()
+
+
+def _csr_pem(value: str) -> str:
+    """``CertRequest`` may be PEM (with any armor label) or bare base64 of the DER request."""
+    text = value.replace("\r", "")
+    match = re.search(r"-----BEGIN [A-Z0-9 ]+-----(.*?)-----END [A-Z0-9 ]+-----", text, re.S)
+    body = match.group(1) if match else text
+    compact = "".join(body.split())
+    try:
+        der = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+    csr = x509.load_der_x509_csr(der)
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _template(attributes: str) -> str:
+    # CertAttrib holds name:value pairs, one per line (certreq and the web form both use \n).
+    for line in re.split(r"[\r\n]+", attributes or ""):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "certificatetemplate":
+            return value.strip()
+    return ""
+
+
+def certsrv_app(ca: DevCA, *, users: dict[str, str] | None = None, realm: str = "ca.contoso.com",
+                ca_name: str | None = None) -> Starlette:
+    """The certsrv site for ``ca``. ``users`` maps user name -> password (None: no authentication)."""
+    connector = DevCAConnector("certsrv-sim", ca)
+    display = ca_name or ca.common_name
+
+    def unauthorized() -> Response:
+        body = _page(display, _title("401 - Unauthorized: Access is denied due to invalid credentials."))
+        response = HTMLResponse(body, status_code=401)
+        response.headers.append("WWW-Authenticate", "Negotiate")
+        response.headers.append("WWW-Authenticate", "NTLM")
+        response.headers.append("WWW-Authenticate", f'Basic realm="{realm}"')
+        return response
+
+    def authorized(request: Request) -> bool:
+        if users is None:
+            return True
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, ValueError):
+            return False
+        expected = users.get(user)
+        return expected is not None and secrets.compare_digest(expected.encode(), password.encode())
+
+    def guard(request: Request) -> Response | None:
+        fault = request.app.state.fault
+        if fault:
+            return HTMLResponse(f"<html><body><h1>HTTP Error {int(fault)}</h1></body></html>", status_code=int(fault))
+        if not authorized(request):
+            return unauthorized()
+        return None
+
+    def decide(disposition: Disposition, mode: str) -> HTMLResponse:
+        rid = disposition.request_id
+        if disposition.status is DispositionStatus.ISSUED:
+            return HTMLResponse(_issued_page(display, rid))
+        if disposition.status is DispositionStatus.PENDING:
+            return HTMLResponse(_pending_page(display, rid, mode))
+        return HTMLResponse(_denied_page(display, rid, disposition.message))
+
+    async def home(request: Request) -> Response:
+        if (refused := guard(request)) is not None:
+            return refused
+        return HTMLResponse(_page(display, _title("Welcome") + (
+            "<P ID=locInfo>Use this Web site to request a certificate for your Web browser, e-mail client, "
+            "or other program.</P>\r\n"
+            '<LI><A Href="certrqus.asp">Request a certificate</A>\r\n'
+            '<LI><A Href="certckpn.asp">View the status of a pending certificate request</A>\r\n'
+            '<LI><A Href="certcarc.asp">Download a CA certificate, certificate chain, or CRL</A>\r\n')))
+
+    async def check_pending(request: Request) -> Response:
+        if (refused := guard(request)) is not None:
+            return refused
+        return HTMLResponse(_page(display, _title("View the Status of a Pending Certificate Request") + (
+            '<Form Action="certfnsh.asp" Method=Post>\r\n<Input Type=Hidden Name=Mode Value="chkpnd">\r\n'
+            "<Input Type=Text Name=ReqID>\r\n</Form>\r\n")))
+
+    async def finish(request: Request) -> Response:
+        if (refused := guard(request)) is not None:
+            return refused
+        # urlencoded only, as the certsrv pages post it (no multipart parser needed).
+        raw = parse_qs((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True)
+        form = {key: values[0] for key, values in raw.items()}
+        mode = str(form.get("Mode") or "")
+        try:
+            if mode == "chkpnd":
+                request_id = str(form.get("ReqID") or "").strip()
+                if not request_id.isdigit():
+                    return HTMLResponse(_error_page(display, mode, "(never set)", "(none)", NO_REQUEST))
+                return decide(connector.retrieve(request_id), mode)
+            if mode != "newreq":
+                return HTMLResponse(_error_page(display, mode or "(none)", "(never set)", "(none)",
+                                                "The parameter is incorrect. 0x80070057 (WIN32: 87 ERROR_INVALID_PARAMETER)"))
+            try:
+                csr_pem = _csr_pem(str(form.get("CertRequest") or ""))
+            except ValueError:
+                return HTMLResponse(_error_page(display, "newreq - New Request", "(never set)", "(none)",
+                                                BAD_REQUEST))
+            template = _template(str(form.get("CertAttrib") or ""))
+            if not template:
+                ca.ensure()
+                request_id = ca._next_request_id()
+                ca.record(request_id, {"csr_pem": csr_pem, "template": "", "decision": "deny"})
+                return HTMLResponse(_denied_page(display, request_id, NO_CERT_TYPE))
+            return decide(connector.submit(SigningRequest(csr_pem=csr_pem, template=template)), mode)
+        except TransientError:
+            return HTMLResponse(_error_page(display, mode, "(never set)", "(none)", UNAVAILABLE))
+        except CertlcError as exc:
+            if exc.reason == "RequestUnknown":
+                return HTMLResponse(_error_page(display, mode, "(never set)", "(none)", NO_REQUEST))
+            return HTMLResponse(_error_page(display, mode, "(never set)", "(none)", BAD_REQUEST))
+
+    def _download(request: Request) -> tuple[Response | None, Disposition | None, str]:
+        if (refused := guard(request)) is not None:
+            return refused, None, ""
+        request_id = request.query_params.get("ReqID", "")
+        encoding = request.query_params.get("Enc", "b64")
+        mode = "Retrieve"
+        if not request_id.isdigit():
+            return HTMLResponse(_error_page(display, mode, "(never set)", "(none)", NO_REQUEST)), None, encoding
+        try:
+            disposition = connector.retrieve(request_id)
+        except TransientError:
+            return HTMLResponse(_error_page(display, mode, "(never set)", "(none)", UNAVAILABLE)), None, encoding
+        except CertlcError:
+            return HTMLResponse(_error_page(display, mode, "(never set)", "(none)", NO_REQUEST)), None, encoding
+        if disposition.status is DispositionStatus.PENDING:
+            page = _error_page(display, mode, "Under Submission", "Taken Under Submission",
+                               "The operation completed successfully. 0x0 (WIN32: 0 ERROR_SUCCESS)")
+            return HTMLResponse(page), None, encoding
+        if disposition.status is DispositionStatus.DENIED:
+            page = _error_page(display, mode, "Denied", disposition.message,
+                               "The operation completed successfully. 0x0 (WIN32: 0 ERROR_SUCCESS)")
+            return HTMLResponse(page), None, encoding
+        return None, disposition, encoding
+
+    async def certnew_cer(request: Request) -> Response:
+        answer, disposition, encoding = _download(request)
+        if answer is not None:
+            return answer
+        assert disposition is not None and disposition.certificate_pem
+        der = x509.load_pem_x509_certificate(disposition.certificate_pem.encode()).public_bytes(
+            serialization.Encoding.DER)
+        body = der if encoding == "bin" else _armor(der)
+        return Response(body, media_type="application/pkix-cert",
+                        headers={"Content-Disposition": "attachment; filename=certnew.cer"})
+
+    async def certnew_p7b(request: Request) -> Response:
+        answer, disposition, encoding = _download(request)
+        if answer is not None:
+            return answer
+        assert disposition is not None and disposition.certificate_pem
+        leaf = x509.load_pem_x509_certificate(disposition.certificate_pem.encode())
+        issuing, root = ca.chain
+        # A PKCS#7 SET has no order and AD CS does not write chain order: root, leaf, issuing CA.
+        der = pkcs7.serialize_certificates([root, leaf, issuing], serialization.Encoding.DER)
+        body = der if encoding == "bin" else _armor(der)
+        return Response(body, media_type="application/x-pkcs7-certificates",
+                        headers={"Content-Disposition": "attachment; filename=certnew.p7b"})
+
+    app = Starlette(routes=[
+        Route("/certsrv", home),
+        Route("/certsrv/", home),
+        Route("/certsrv/certckpn.asp", check_pending),
+        Route("/certsrv/certfnsh.asp", finish, methods=["POST"]),
+        Route("/certsrv/certnew.cer", certnew_cer),
+        Route("/certsrv/certnew.p7b", certnew_p7b),
+    ])
+    app.state.fault = None
+    return app
