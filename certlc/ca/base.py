@@ -9,11 +9,12 @@ help, ``TerminalError`` when it will not.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-__all__ = ["CAConnector", "Disposition", "DispositionStatus", "Health", "SigningRequest"]
+__all__ = ["CAConnector", "Disposition", "DispositionStatus", "Health", "SigningRequest", "tls_verify_failure"]
 
 
 class DispositionStatus(StrEnum):
@@ -100,3 +101,18 @@ class CAConnector(Protocol):
     def check(self) -> Health:
         """Reachable, authenticated, templates known: a preflight with plain-word problems."""
         ...
+
+
+def tls_verify_failure(exc: BaseException) -> str | None:
+    """Why the CA's TLS certificate was not trusted, if that is what ``exc`` (an httpx error) is.
+
+    A trust failure is configuration (the profile's ``ca_bundle``), not an outage: retrying it
+    only delays the alert.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or "certificate verify failed"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in text else None

@@ -34,7 +34,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
+from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, tls_verify_failure
 from certlc.ca.certreq import HRESULTS, _chain_after, _pem
 from certlc.config import CAProfile, Settings
 from certlc.errors import CertlcError, ConfigError, InvalidInput, TerminalError, TransientError, first_line
@@ -166,6 +166,11 @@ class CertsrvConnector:
             raise TransientError(f"AD CS web enrollment at {self.endpoint} did not answer in time",
                                  reason="CAUnavailable", profile=self.profile) from None
         except httpx.HTTPError as exc:
+            untrusted = tls_verify_failure(exc)
+            if untrusted:
+                raise TerminalError(f"the TLS certificate of AD CS web enrollment at {self.endpoint} is not trusted "
+                                    f"({untrusted}); set the CA profile's ca_bundle to the CA that issued it",
+                                    reason="CaTlsUntrusted", profile=self.profile) from None
             raise TransientError(f"AD CS web enrollment at {self.endpoint} cannot be reached: {first_line(exc)}",
                                  reason="CAUnavailable", profile=self.profile) from None
         status = response.status_code

@@ -40,7 +40,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
+from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, tls_verify_failure
 from certlc.config import CAProfile, Settings
 from certlc.errors import ConfigError, TerminalError, TransientError, first_line
 
@@ -103,6 +103,11 @@ class CfsslConnector:
         except httpx.TimeoutException:
             raise TransientError(f"cfssl at {self.endpoint} did not answer in time", reason="CAUnavailable") from None
         except httpx.HTTPError as exc:
+            untrusted = tls_verify_failure(exc)
+            if untrusted:
+                raise TerminalError(f"the TLS certificate of cfssl at {self.endpoint} is not trusted ({untrusted}); "
+                                    "set the CA profile's ca_bundle option to the CA that issued it",
+                                    reason="CaTlsUntrusted") from None
             raise TransientError(f"cfssl at {self.endpoint} cannot be reached: {first_line(exc)}",
                                  reason="CAUnavailable") from None
         status = response.status_code
