@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
+from certlc.ca.http import resolve_template
 from certlc.config import CAProfile, Settings
 from certlc.errors import CertlcError, ConfigError, InvalidInput, TerminalError, TransientError
 from certlc.x509.chain import is_issued_by, order_chain
@@ -261,15 +262,11 @@ class CertreqConnector:
         return value
 
     def _template(self, requested: str) -> str:
-        name = (requested or "").strip() or (self.default_template or "")
-        if not name:
-            raise InvalidInput("the request names no certificate template and the profile has no default",
-                               reason="TemplateMissing", profile=self.profile)
-        name = self.template_map.get(name, name)
-        # certreq splits -attrib on a literal "\n": a backslash or control character could smuggle
-        # a second attribute into the request.
-        if "\\" in name or _CONTROL.search(name):
-            raise InvalidInput(f"template name {name!r} holds a backslash or control character",
+        name = resolve_template(requested, self.default_template, self.template_map, self.profile)
+        # certreq splits -attrib on a literal "\n": a backslash could smuggle a second attribute
+        # into the request (control characters are refused by resolve_template already).
+        if "\\" in name:
+            raise InvalidInput(f"template name {name!r} holds a backslash",
                                reason="TemplateInvalid", profile=self.profile)
         return name
 

@@ -34,10 +34,19 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, tls_verify_failure
+from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
 from certlc.ca.certreq import HRESULTS, _chain_after, _pem
+from certlc.ca.http import (
+    check_options,
+    check_status,
+    http_endpoint,
+    resolve_template,
+    timeout_option,
+    transport_errors,
+    trust_context,
+)
 from certlc.config import CAProfile, Settings
-from certlc.errors import CertlcError, ConfigError, InvalidInput, TerminalError, TransientError, first_line
+from certlc.errors import CertlcError, ConfigError, InvalidInput, TerminalError, first_line
 from certlc.x509.load import load_certificates, load_csr
 
 __all__ = ["KIND", "CertsrvConnector", "from_profile", "parse_certificates", "parse_page"]
@@ -47,7 +56,6 @@ log = logging.getLogger(__name__)
 KIND = "adcs-web"
 DEFAULT_TIMEOUT = 60.0
 AUTH_KINDS = ("basic", "client_certificate", "ntlm", "kerberos")
-_RETRYABLE_STATUS = {408, 429}
 
 _ISSUED = re.compile(r"certnew\.cer\?ReqID=(\d+)&", re.IGNORECASE)
 _PENDING = re.compile(r"Certificate Pending", re.IGNORECASE)
@@ -158,25 +166,13 @@ class CertsrvConnector:
     # --- wire ---------------------------------------------------------------------------------
     def _send(self, method: str, page: str, **kwargs: Any) -> httpx.Response:
         url = f"{self.endpoint}/{page}"
-        try:
-            if self._auth is not None:
-                kwargs["auth"] = self._auth
+        what = f"AD CS web enrollment at {self.endpoint}"
+        if self._auth is not None:
+            kwargs["auth"] = self._auth
+        with transport_errors(what, profile=self.profile):
             response = self._client.request(method, url, **kwargs)
-        except httpx.TimeoutException:
-            raise TransientError(f"AD CS web enrollment at {self.endpoint} did not answer in time",
-                                 reason="CAUnavailable", profile=self.profile) from None
-        except httpx.HTTPError as exc:
-            untrusted = tls_verify_failure(exc)
-            if untrusted:
-                raise TerminalError(f"the TLS certificate of AD CS web enrollment at {self.endpoint} is not trusted "
-                                    f"({untrusted}); set the CA profile's ca_bundle to the CA that issued it",
-                                    reason="CaTlsUntrusted", profile=self.profile) from None
-            raise TransientError(f"AD CS web enrollment at {self.endpoint} cannot be reached: {first_line(exc)}",
-                                 reason="CAUnavailable", profile=self.profile) from None
         status = response.status_code
-        if status >= 500 or status in _RETRYABLE_STATUS:
-            raise TransientError(f"AD CS web enrollment at {self.endpoint} answered HTTP {status}",
-                                 reason="CAUnavailable", profile=self.profile)
+        check_status(what, status, profile=self.profile)
         if status in (401, 403):
             offered = ", ".join(response.headers.get_list("www-authenticate")) or "none"
             raise TerminalError(
@@ -190,15 +186,7 @@ class CertsrvConnector:
         return response
 
     def _template(self, requested: str) -> str:
-        name = (requested or "").strip() or (self.default_template or "")
-        if not name:
-            raise InvalidInput("the request names no certificate template and the profile has no default",
-                               reason="TemplateMissing", profile=self.profile)
-        name = self.template_map.get(name, name)
-        if re.search(r"[\x00-\x1f\x7f]", name):
-            raise InvalidInput(f"template name {name!r} holds a control character", reason="TemplateInvalid",
-                               profile=self.profile)
-        return name
+        return resolve_template(requested, self.default_template, self.template_map, self.profile)
 
     def _download(self, kind: str, request_id: str) -> httpx.Response:
         return self._send("GET", f"certnew.{kind}", params={"ReqID": request_id, "Enc": "b64"})
@@ -299,12 +287,8 @@ class CertsrvConnector:
 
 # --- profile ----------------------------------------------------------------------------------
 def _ssl_context(name: str, options: dict[str, Any], auth_kind: str) -> ssl.SSLContext:
-    bundle = options.get("ca_bundle")
-    try:
-        context = ssl.create_default_context(cafile=str(Path(str(bundle)).expanduser()) if bundle else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"CA profile {name!r}: ca_bundle {str(bundle)!r} cannot be read as PEM: {first_line(exc)}",
-                          reason="CaProfileInvalid") from None
+    # Always a context of our own (the client certificate goes into it); no bundle: the system's trust.
+    context = trust_context(name, options.get("ca_bundle")) or ssl.create_default_context()
     if auth_kind == "client_certificate":
         cert, key = options.get("client_certificate"), options.get("client_key")
         if not cert:
@@ -358,27 +342,17 @@ def _auth(name: str, options: dict[str, Any], auth_kind: str) -> httpx.Auth | No
 def from_profile(name: str, profile: CAProfile, settings: Settings) -> CertsrvConnector:
     del settings  # everything sits in the CA profile
     options = profile.options or {}
-    known = {"auth", "username", "password_env", "ca_bundle", "client_certificate", "client_key", "timeout_seconds"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"CA profile {name!r} ({KIND}) has unknown option(s) {unknown} (known: {sorted(known)})",
-                          reason="CaProfileInvalid")
-    if not profile.endpoint or not profile.endpoint.startswith(("https://", "http://")):
-        raise ConfigError(f"CA profile {name!r} ({KIND}) needs endpoint = the certsrv URL, "
-                          "e.g. https://ca.contoso.com/certsrv", reason="CaProfileInvalid")
+    check_options(name, KIND, options, {"auth", "username", "password_env", "ca_bundle", "client_certificate",
+                                        "client_key", "timeout_seconds"})
+    endpoint = http_endpoint(name, KIND, profile.endpoint, "the certsrv URL, e.g. https://ca.contoso.com/certsrv")
     auth_kind = str(options.get("auth") or "basic").lower()
     if auth_kind not in AUTH_KINDS:
         raise ConfigError(f"CA profile {name!r}: options.auth {auth_kind!r} is not one of {', '.join(AUTH_KINDS)}",
                           reason="CaProfileInvalid")
-    try:
-        timeout = float(options.get("timeout_seconds", DEFAULT_TIMEOUT))
-    except (TypeError, ValueError):
-        timeout = -1.0
-    if timeout <= 0:
-        raise ConfigError(f"CA profile {name!r}: timeout_seconds must be a positive number", reason="CaProfileInvalid")
+    timeout = timeout_option(name, options, DEFAULT_TIMEOUT)
     return CertsrvConnector(
         name,
-        profile.endpoint,
+        endpoint,
         auth=_auth(name, options, auth_kind),
         template_map=profile.template_map,
         default_template=profile.default_template,

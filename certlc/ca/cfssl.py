@@ -33,16 +33,16 @@ import json
 import logging
 import os
 import ssl
-from pathlib import Path
 from typing import Any
 
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, tls_verify_failure
+from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
+from certlc.ca.http import check_options, check_status, http_endpoint, timeout_option, transport_errors, trust_context
 from certlc.config import CAProfile, Settings
-from certlc.errors import ConfigError, TerminalError, TransientError, first_line
+from certlc.errors import ConfigError, TerminalError, TransientError
 
 __all__ = ["AUTHSIGN_PATH", "INFO_PATH", "CfsslConnector", "from_profile"]
 
@@ -51,8 +51,7 @@ log = logging.getLogger(__name__)
 AUTHSIGN_PATH = "/api/v1/cfssl/authsign"
 INFO_PATH = "/api/v1/cfssl/info"
 DEFAULT_TIMEOUT = 30.0
-# Statuses where the same request may succeed later (overload, gateway trouble, restarts).
-_RETRYABLE_STATUS = {408, 429}
+KIND = "cfssl"
 # cfssl error categories (code // 1000) that refuse this request, not the setup.
 _POLICY_ERROR, _CSR_ERROR = 5, 9
 
@@ -98,21 +97,11 @@ class CfsslConnector:
 
     def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         url = self.endpoint + path
-        try:
+        what = f"cfssl at {self.endpoint}"
+        with transport_errors(what):
             response = self._client.post(url, json=body)
-        except httpx.TimeoutException:
-            raise TransientError(f"cfssl at {self.endpoint} did not answer in time", reason="CAUnavailable") from None
-        except httpx.HTTPError as exc:
-            untrusted = tls_verify_failure(exc)
-            if untrusted:
-                raise TerminalError(f"the TLS certificate of cfssl at {self.endpoint} is not trusted ({untrusted}); "
-                                    "set the CA profile's ca_bundle option to the CA that issued it",
-                                    reason="CaTlsUntrusted") from None
-            raise TransientError(f"cfssl at {self.endpoint} cannot be reached: {first_line(exc)}",
-                                 reason="CAUnavailable") from None
         status = response.status_code
-        if status >= 500 or status in _RETRYABLE_STATUS:
-            raise TransientError(f"cfssl at {self.endpoint} answered HTTP {status}", reason="CAUnavailable")
+        check_status(what, status)
         try:
             data = response.json()
         except ValueError:
@@ -248,40 +237,20 @@ def _auth_key(name: str, options: dict[str, Any]) -> bytes:
     return key
 
 
-def _verify(name: str, ca_bundle: object) -> ssl.SSLContext | bool:
-    if not ca_bundle:
-        return True  # the system's trust store
-    try:
-        return ssl.create_default_context(cafile=str(Path(str(ca_bundle)).expanduser()))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"CA profile {name!r}: ca_bundle {str(ca_bundle)!r} cannot be read as PEM: {first_line(exc)}",
-                          reason="CaProfileInvalid") from None
-
-
 def from_profile(name: str, profile: CAProfile, settings: Settings) -> CfsslConnector:
     options = profile.options
     # Settings are unused: everything a cfssl connector needs sits in its CA profile.
     del settings
-    known = {"auth_key", "auth_key_env", "ca_bundle", "label", "timeout_seconds"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"CA profile {name!r} (cfssl) has unknown option(s) {unknown} (known: {sorted(known)})",
-                          reason="CaProfileInvalid")
-    if not profile.endpoint or not profile.endpoint.startswith(("https://", "http://")):
-        raise ConfigError(f"CA profile {name!r} (cfssl) needs endpoint = the cfssl API base URL, "
-                          "e.g. https://cfssl.example:8888", reason="CaProfileInvalid")
-    try:
-        timeout = float(options.get("timeout_seconds", DEFAULT_TIMEOUT))
-    except (TypeError, ValueError):
-        timeout = -1.0
-    if timeout <= 0:
-        raise ConfigError(f"CA profile {name!r}: timeout_seconds must be a positive number", reason="CaProfileInvalid")
+    check_options(name, KIND, options, {"auth_key", "auth_key_env", "ca_bundle", "label", "timeout_seconds"})
+    endpoint = http_endpoint(name, KIND, profile.endpoint, "the cfssl API base URL, e.g. https://cfssl.example:8888")
+    timeout = timeout_option(name, options, DEFAULT_TIMEOUT)
     return CfsslConnector(
         name,
-        profile.endpoint,
+        endpoint,
         _auth_key(name, options),
         template_map=profile.template_map,
         label=str(options["label"]) if options.get("label") else None,
-        verify=_verify(name, options.get("ca_bundle")),
+        # No bundle: httpx's default trust (certifi), as before.
+        verify=trust_context(name, options.get("ca_bundle")) or True,
         timeout=timeout,
     )
