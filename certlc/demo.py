@@ -35,7 +35,8 @@ from certlc.stack import CLI
 from certlc.vault import desired_sans, read_certificate
 from certlc.x509 import dns_a_label, template_of
 
-__all__ = ["DEMO_CERTIFICATES", "DEMO_TEMPLATES", "DemoCertificate", "issue", "run_demo", "seed", "write_config"]
+__all__ = ["DEMO_CERTIFICATES", "DEMO_TEMPLATES", "DemoCertificate", "issue", "local_config_text", "run_demo", "seed",
+           "write_config"]
 
 DAY = dt.timedelta(days=1)
 
@@ -167,15 +168,17 @@ def _state(client: CertificateClient, name: str) -> dict[str, Any]:
     }
 
 
-def write_config(state: Path, vault_port: int, identity_port: int,
-                 templates_spec: list[TemplateSpec] = DEMO_TEMPLATES, lease: int = 60) -> Path:
-    """Write the local stack's certlc.toml into ``state``: one vault 'demo' on the emulator, the dev CA."""
+def local_config_text(state: Path, vault_port: int, identity_port: int, *,
+                      templates_spec: list[TemplateSpec] = DEMO_TEMPLATES, lease: int = 60,
+                      written_by: str = "`certlc demo`", sections: str = "", emulator_tail: str = "") -> str:
+    """The local stack's certlc.toml: one vault 'demo' on the emulator and the dev CA. ``sections``
+    go before [emulator]; ``emulator_tail`` right after its keys (more keys, subscription tables)."""
     templates = "\n".join(
         "[[devca.templates]]\n" + "\n".join(
             f"{k} = {json.dumps(v)}" for k, v in t.model_dump(exclude_none=True).items()
         ) for t in templates_spec
     )
-    text = f"""# Written by `certlc demo`: the local stack's configuration.
+    return f"""# Written by {written_by}: the local stack's configuration.
 state_dir = {json.dumps(str(state))}
 
 [[vaults]]
@@ -193,16 +196,21 @@ managed_identity_client_id = "00000000-0000-0000-0000-00000000a001"
 [renewal]
 concurrency = 4
 lock_lease_seconds = {lease}
-
+{sections}
 [emulator]
 port = {vault_port}
 identity_port = {identity_port}
 vaults = ["demo"]
-
+{emulator_tail}
 {templates}
 """
+
+
+def write_config(state: Path, vault_port: int, identity_port: int,
+                 templates_spec: list[TemplateSpec] = DEMO_TEMPLATES, lease: int = 60) -> Path:
+    """Write the emulator-and-dev-CA configuration (see :func:`local_config_text`) into ``state``."""
     path = state / "certlc.toml"
-    path.write_text(text)
+    path.write_text(local_config_text(state, vault_port, identity_port, templates_spec=templates_spec, lease=lease))
     return path
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from certlc.demo import DEMO_TEMPLATES
+from certlc.demo import local_config_text
 from certlc.errors import CertlcError
 from certlc.files import atomic_write, ensure_private_dir
 from certlc.stack import (
@@ -49,7 +49,6 @@ __all__ = ["POOL", "Part", "StackInfo", "down", "ps", "read_stack", "up", "write
 
 POOL = "certlc-hybrid"
 STACK_FILE = "stack.json"
-WORKER_IDENTITY = "00000000-0000-0000-0000-00000000a001"
 
 
 @dataclass
@@ -100,31 +99,9 @@ def write_stack_config(root: Path, *, vault_port: int, identity_port: int, webho
                        queue_connection_string: str, shared_key: str, lease: int = 60) -> Path:
     """The local stack's certlc.toml: vault 'demo' on the emulator, the dev CA, the webhook with
     its key, the Azurite queue, and the emulator's two Event Grid subscriptions."""
-    templates = "\n".join(
-        "[[devca.templates]]\n" + "\n".join(
-            f"{k} = {json.dumps(v)}" for k, v in t.model_dump(exclude_none=True).items()
-        ) for t in DEMO_TEMPLATES
-    )
     conn = json.dumps(queue_connection_string)
-    text = f"""# Written by `certlc up`: the local stack's configuration (holds the webhook key: mode 0600).
-state_dir = {json.dumps(str(root))}
-
-[[vaults]]
-name = "demo"
-url = "https://localhost:{vault_port}"
-ca_profile = "devca"
-
-[ca_profiles.devca]
-kind = "devca"
-
-[azure]
-ca_bundle = {json.dumps(str(root / "emulator" / "tls" / "ca.pem"))}
-managed_identity_client_id = "{WORKER_IDENTITY}"
-
-[renewal]
-concurrency = 4
-lock_lease_seconds = {lease}
-
+    hook = f"http://127.0.0.1:{webhook_port}/api/events?key={shared_key}"
+    sections = f"""
 [webhook]
 host = "127.0.0.1"
 port = {webhook_port}
@@ -134,18 +111,14 @@ shared_key = {json.dumps(shared_key)}
 connection_string = {conn}
 visibility_timeout_seconds = 300
 max_dequeues = 5
-
-[emulator]
-port = {vault_port}
-identity_port = {identity_port}
-vaults = ["demo"]
-event_scan_seconds = 2
+"""
+    emulator_tail = f"""event_scan_seconds = 2
 
 [[emulator.subscriptions]]
 name = "certlc-webhook"
 destination = "webhook"
 event_schema = "eventgrid"
-endpoint = "http://127.0.0.1:{webhook_port}/api/events?key={shared_key}"
+endpoint = "{hook}"
 # Event Grid's retry schedule, 20 times faster: a demo should not wait 10 minutes.
 retry_time_scale = 0.05
 dead_letter_delay_seconds = 0
@@ -156,7 +129,7 @@ dead_letter_delay_seconds = 0
 name = "certlc-webhook-cloudevents"
 destination = "webhook"
 event_schema = "cloudevents"
-endpoint = "http://127.0.0.1:{webhook_port}/api/events?key={shared_key}"
+endpoint = "{hook}"
 event_types = ["Microsoft.KeyVault.CertificateNearExpiry", "Microsoft.KeyVault.CertificateExpired"]
 retry_time_scale = 0.05
 dead_letter_delay_seconds = 0
@@ -166,9 +139,10 @@ name = "certlc-queue"
 destination = "storage_queue"
 queue_connection_string = {conn}
 queue_name = "certlc"
-
-{templates}
 """
+    text = local_config_text(root, vault_port, identity_port, lease=lease, sections=sections,
+                             emulator_tail=emulator_tail,
+                             written_by="`certlc up` (it holds the webhook key: mode 0600)")
     path = root / "certlc.toml"
     atomic_write(path, text)
     return path
