@@ -179,6 +179,12 @@ class RenewalSettings(_Model):
     concurrency: int = Field(default=4, ge=1, le=64, description="Renewals run at once by a sweep.")
     template_tag: str = Field(default="Template", description="Tag naming the template when the certificate has no template extension.")
     recipient_tag: str = Field(default="Recipient", description="Tag listing owners to notify.")
+    ca_profile_tag: str = Field(
+        default="CaProfile", description="Tag naming the CA profile for one certificate, instead of its vault's.")
+    denied_retry_hours: float = Field(
+        default=24, gt=0, le=24 * 30,
+        description="After a CA denial, how long before the same version/template/CA is submitted again "
+                    "(owners are told once per attempt, not on every sweep or event).")
     renew_before_tag: str = Field(default="RenewBeforeDays", description="Tag overriding renew_before_days for one certificate.")
     skew_seconds: int = Field(default=600, ge=0, description="Tolerated clock skew for a not-yet-valid certificate.")
     lock_lease_seconds: int = Field(

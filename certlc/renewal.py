@@ -11,12 +11,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from certlc.ca.base import SigningRequest
-from certlc.config import CAProfile, Settings
+from certlc.config import CAProfile, Settings, VaultSettings
 from certlc.errors import InvalidInput
 from certlc.policy import is_due
 from certlc.vault import CertificateSnapshot, PendingCsr, parse_iso
 
-__all__ = ["Outcome", "Trigger", "due_status", "request_key", "resolve_template", "signing_request"]
+__all__ = ["Outcome", "Trigger", "ca_profile_name", "choose_ca", "due_status", "request_key", "resolve_template",
+           "signing_request"]
 
 # Key Vault's own verdict that a version needs renewing.
 _RENEWING_EVENTS = {"Microsoft.KeyVault.CertificateNearExpiry": "KeyVaultNearExpiry",
@@ -76,13 +77,34 @@ def _vouched_by(trigger: Trigger | None, snapshot: CertificateSnapshot) -> str |
     return _RENEWING_EVENTS[trigger.event_type]
 
 
-def resolve_template(snapshot: CertificateSnapshot, profile: CAProfile, settings: Settings) -> str:
+def ca_profile_name(snapshot: CertificateSnapshot, vault: VaultSettings, settings: Settings) -> str:
+    """The CA profile that renews ``snapshot``: its ``CaProfile`` tag, else its vault's.
+
+    The tag lets one vault hold certificates from several CAs (an AD CS estate moving to ACME,
+    say). A tag naming no configured profile is refused for that certificate alone.
+    """
+    tagged = (snapshot.tag(settings.renewal.ca_profile_tag) or "").strip()
+    if not tagged:
+        return vault.ca_profile
+    if tagged not in settings.ca_profiles:
+        raise InvalidInput(
+            f"certificate {snapshot.name!r} in vault {snapshot.vault!r} has tag "
+            f"{settings.renewal.ca_profile_tag}={tagged!r}, which is not a configured CA profile "
+            f"(configured: {', '.join(sorted(settings.ca_profiles))})",
+            reason="CaProfileMissing", vault=snapshot.vault, certificate=snapshot.name,
+        )
+    return tagged
+
+
+def resolve_template(snapshot: CertificateSnapshot, profile: CAProfile, settings: Settings,
+                     *, required: bool = True) -> str:
     """The template name (or OID) the CA expects for renewing ``snapshot``.
 
     Order: the certificate's own template extension (v1 name passes through; a v2 OID is
     mapped to the template's common name through the profile's ``template_map``, else sent as
     the OID, which AD CS accepts too), then the ``Template`` tag, then the profile's default.
-    A certificate that names no template is refused: guessing one would issue the wrong thing.
+    A certificate that names no template is refused: guessing one would issue the wrong thing —
+    unless the CA has no templates (``required=False``, e.g. ACME), where it is "".
     """
     template = snapshot.template or {}
     if template.get("name"):
@@ -96,12 +118,25 @@ def resolve_template(snapshot: CertificateSnapshot, profile: CAProfile, settings
         return profile.template_map.get(value, value)
     if profile.default_template:
         return profile.default_template
+    if not required:
+        return ""
     raise InvalidInput(
         f"certificate {snapshot.name!r} in vault {snapshot.vault!r} has no template extension and no "
         f"{settings.renewal.template_tag!r} tag, so certlc cannot tell which template to renew it with; "
         f"add the tag (e.g. {settings.renewal.template_tag}=WebServer)",
         reason="TemplateMissing", vault=snapshot.vault, certificate=snapshot.name,
     )
+
+
+def choose_ca(snapshot: CertificateSnapshot, vault: VaultSettings, settings: Settings) -> tuple[str, str]:
+    """The CA profile and the template to renew ``snapshot`` with; refuses what cannot be renewed
+    (unknown profile or kind, no template for a CA that needs one) before anything is written."""
+    from certlc.ca.registry import connector_for  # the registry imports config; keep renewal light
+
+    profile = ca_profile_name(snapshot, vault, settings)
+    connector = connector_for(profile, settings)
+    uses_templates = bool(getattr(connector, "uses_templates", True))
+    return profile, resolve_template(snapshot, settings.ca_profiles[profile], settings, required=uses_templates)
 
 
 def request_key(snapshot: CertificateSnapshot, pending: PendingCsr) -> str:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from certlc.ca import Disposition, DispositionStatus
+from certlc.denials import Denial, denial_message
 from certlc.errors import CertlcError
 from certlc.renewal import Outcome
 from certlc.vault import CertificateSnapshot
 from tasks._policy import current_settings, stored
 from tasks.create_csr import create_csr, discard_csr
+from tasks.denial import record_denial
 from tasks.fetch_event import fetch_event
 from tasks.lock import certificate_lock
 from tasks.log_outcome import log_outcome
@@ -78,6 +81,18 @@ def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
         return Outcome(vault=snapshot.vault, name=snapshot.name, outcome="NotDue", reason=current["due_reason"],
                        old_version=snapshot.version, old_thumbprint=snapshot.thumbprint,
                        old_not_after=snapshot.not_after, template=template).to_dict()
+    if current.get("denied_before") and not force:
+        # Denied recently for this very version, template and CA: the owners were told then.
+        # Asking again now would only repeat the denial (and the e-mail); the log says why not.
+        denial = Denial(**current["denied_before"])
+        window = dt.timedelta(hours=current_settings().renewal.denied_retry_hours)
+        logger.warning("%s/%s: not submitted: %s", snapshot.vault, snapshot.name, denial_message(denial, window))
+        outcome = Outcome(vault=snapshot.vault, name=snapshot.name, outcome="Denied", reason="DeniedBefore",
+                          message=denial_message(denial, window), old_version=snapshot.version,
+                          old_thumbprint=snapshot.thumbprint, old_not_after=snapshot.not_after, template=template,
+                          ca_request_id=denial.ca_request_id or None)
+        stored(log_outcome)(outcome.to_dict())
+        return outcome.to_dict()
     try:
         pending = stored(create_csr)(current["snapshot"])
         disposition = Disposition.from_dict(
@@ -91,6 +106,7 @@ def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
             # Leave the vault as it was: the next attempt (after the template, the tag or the CA
             # is fixed) starts from a fresh CSR, and so from a fresh CA submission.
             stored(discard_csr)(current["snapshot"], pending)
+            stored(record_denial)(current["snapshot"], template, current["ca_profile"], disposition.to_dict())
         if disposition.status is not DispositionStatus.ISSUED:
             outcome = _outcome_for(snapshot, template, pending, disposition)
         else:

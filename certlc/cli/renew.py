@@ -52,7 +52,7 @@ def renew(
     # Preflight, read-only: refuse bad input with one line before any flow run starts.
     from certlc.ca import connector_for
     from certlc.clients import certificate_client
-    from certlc.renewal import resolve_template
+    from certlc.renewal import choose_ca
     from certlc.vault import read_certificate, validate_name
 
     try:
@@ -60,7 +60,7 @@ def renew(
         validate_name(name, vault)
         connector_for(configured.ca_profile, settings)
         snapshot = read_certificate(certificate_client(configured, settings), configured.name, name)
-        resolve_template(snapshot, settings.ca_profile_for(configured), settings)
+        choose_ca(snapshot, configured, settings)
     except InvalidInput as exc:
         if exc.reason == "NotFound":
             exit_with_error(f"certificate {name!r} does not exist in vault {vault!r}", 2)

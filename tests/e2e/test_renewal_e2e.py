@@ -238,6 +238,22 @@ def test_a_denied_request_is_reported_and_changes_nothing(stack: Stack) -> None:
     with pytest.raises(ResourceNotFoundError):
         stack.client().get_certificate_operation("refused")
 
+    # Told once: the next triggers (a sweep, another event) neither ask the CA again nor tell the
+    # owners again until renewal.denied_retry_hours has passed; --force asks at once.
+    requests = len(list((stack.settings.devca_path / "requests").glob("*.json")))
+    swept = stack.certlc("sweep", "--json")
+    assert swept.returncode == 1, swept.stderr[-3000:]  # a denial still counts: the certificate is not renewed
+    result = {r["name"]: r for r in json.loads(swept.stdout)["results"]}["refused"]
+    assert result["outcome"] == "Denied" and result["reason"] == "DeniedBefore"
+    assert outcome["ca_request_id"] in result["message"] and "certlc renew --force" in result["message"]
+    assert len(list((stack.settings.devca_path / "requests").glob("*.json"))) == requests  # the CA was not asked
+    with pytest.raises(ResourceNotFoundError):  # and no CSR was made for it
+        stack.client().get_certificate_operation("refused")
+    forced = stack.certlc("renew", "demo", "refused", "--force", "--json")
+    assert forced.returncode == 1 and json.loads(forced.stdout)["reason"] != "DeniedBefore"
+    assert len(list((stack.settings.devca_path / "requests").glob("*.json"))) == requests + 1
+    assert stack.versions("refused") == versions
+
 
 def test_duplicate_and_concurrent_renewals_make_exactly_one_new_version(stack: Stack) -> None:
     stack.seed("dup", template="WebServerShort", remaining_days=4, lifetime_days=90)

@@ -12,8 +12,9 @@ from cryptography.x509.oid import NameOID
 
 from certlc.ca.devca import DevCA
 from certlc.config import CAProfile, Settings, TemplateSpec
+from certlc.denials import Denial, DenialLog, denial_message
 from certlc.errors import InvalidInput, TerminalError
-from certlc.renewal import resolve_template
+from certlc.renewal import ca_profile_name, choose_ca, resolve_template
 from certlc.vault import CertificateSnapshot, _snapshot, csr_mismatch, desired_sans
 from certlc.verify import verify_issued
 
@@ -155,3 +156,67 @@ def test_auto_renew_lifetime_actions_become_email_for_the_unknown_issuer() -> No
                                       LifetimeAction(CertificatePolicyAction.email_contacts, days_before_expiry=10)])
     assert [(a.action, a.lifetime_percentage, a.days_before_expiry) for a in actions] == [
         (CertificatePolicyAction.email_contacts, 80, None), (CertificatePolicyAction.email_contacts, None, 10)]
+
+
+# --- which CA renews a certificate: the vault's profile or the CaProfile tag ---------------------
+def _two_ca_settings() -> Settings:
+    return Settings.model_validate({
+        "vaults": [{"name": "v", "url": "https://v.vault.azure.net", "ca_profile": "adcs"}],
+        "ca_profiles": {"adcs": {"kind": "devca"}, "public": {"kind": "templateless-test"}},
+    })
+
+
+def test_the_ca_profile_tag_picks_another_ca_for_one_certificate() -> None:
+    settings = _two_ca_settings()
+    vault = settings.vault("v")
+    assert ca_profile_name(snapshot(), vault, settings) == "adcs"
+    assert ca_profile_name(snapshot(tags={"caprofile": " public "}), vault, settings) == "public"
+    with pytest.raises(InvalidInput, match=r"CaProfile='nope'.*configured: adcs, public") as info:
+        ca_profile_name(snapshot(tags={"CaProfile": "nope"}), vault, settings)
+    assert info.value.reason == "CaProfileMissing"
+
+
+class _NoTemplates:
+    uses_templates = False
+    profile = "public"
+
+
+def test_a_ca_without_templates_needs_none_and_one_with_templates_refuses_without(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from certlc.ca import registry
+
+    registry.known_kinds()
+    monkeypatch.setitem(registry._FACTORIES, "templateless-test", lambda name, profile, settings: _NoTemplates())
+    settings = _two_ca_settings()
+    vault = settings.vault("v")
+    assert choose_ca(snapshot(tags={"CaProfile": "public"}), vault, settings) == ("public", "")
+    assert choose_ca(snapshot(template={"name": "WebServer"}), vault, settings) == ("adcs", "WebServer")
+    with pytest.raises(InvalidInput) as info:
+        choose_ca(snapshot(), vault, settings)
+    assert info.value.reason == "TemplateMissing"
+    assert resolve_template(snapshot(), CAProfile(), SETTINGS, required=False) == ""
+
+
+# --- a denial is remembered per version, template and CA profile --------------------------------
+def test_a_denial_holds_back_the_same_request_until_the_window_passes(tmp_path: Path) -> None:
+    log = DenialLog(tmp_path / "denials")
+    at = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    log.record(Denial(vault="v", name="c", version="abc", template="WebServer", ca_profile="adcs",
+                      ca_request_id="42", message="0x80094012 CERTSRV_E_TEMPLATE_DENIED", at="2026-12-01T12:00:00Z"))
+    window = dt.timedelta(hours=24)
+    held = log.blocking("v", "C", "ABC", "WebServer", "adcs", window, now=at + dt.timedelta(hours=1))
+    assert held is not None and held.ca_request_id == "42"  # certificate names and versions: any case
+    assert "certlc renew --force" in denial_message(held, window) and "2026-12-02T12:00:00Z" in denial_message(held, window)
+    assert log.blocking("v", "c", "abc", "WebServer", "adcs", window, now=at + dt.timedelta(hours=25)) is None
+    # Another template, CA profile or version is a new question for the CA.
+    assert log.blocking("v", "c", "abc", "Other", "adcs", window, now=at) is None
+    assert log.blocking("v", "c", "abc", "WebServer", "public", window, now=at) is None
+    assert log.blocking("v", "c", "def", "WebServer", "adcs", window, now=at) is None
+
+
+def test_a_damaged_denial_record_does_not_block_renewal(tmp_path: Path) -> None:
+    log = DenialLog(tmp_path)
+    log.record(Denial(vault="v", name="c", version="1", template="T", ca_profile="p", ca_request_id="", message="",
+                      at="2026-12-01T00:00:00Z"))
+    next(tmp_path.glob("*.json")).write_text("{not json")
+    assert log.blocking("v", "c", "1", "T", "p", dt.timedelta(days=1)) is None
