@@ -1,0 +1,1 @@
+"""Local CAs on loopback (step-ca, Pebble) for the tests and the local stack."""
