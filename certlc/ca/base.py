@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-__all__ = ["CAConnector", "Disposition", "DispositionStatus", "Health", "SigningRequest", "tls_verify_failure"]
+__all__ = ["CAConnector", "Disposition", "DispositionStatus", "Health", "SigningRequest", "TemplateCheck",
+           "TemplateStatus", "tls_verify_failure"]
 
 
 class DispositionStatus(StrEnum):
@@ -84,9 +85,47 @@ class Health:
     problems: list[str] = field(default_factory=list)
 
 
+class TemplateStatus(StrEnum):
+    OK = "ok"  # the CA knows the template and would take this account's requests for it
+    UNKNOWN = "unknown"  # the CA has no template of that name
+    NOT_ENROLLABLE = "not-enrollable"  # this account may not request it (permission, policy, auth key)
+    UNVERIFIABLE = "unverifiable"  # the CA's answer does not tell; neither a pass nor a failure
+
+
+@dataclass(frozen=True)
+class TemplateCheck:
+    """One template as a preflight found it: plain data for ``certlc ca check``.
+
+    ``template`` is the name as asked (a certificate's template name or OID); ``ca_name`` the
+    name the CA knows it by after the profile's ``template_map``. ``detail`` says in plain words
+    what the CA showed; ``action`` what to do about it (empty when nothing is to be done).
+    """
+
+    template: str
+    ca_name: str
+    status: TemplateStatus
+    detail: str = ""
+    action: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is TemplateStatus.OK
+
+    def to_dict(self) -> dict[str, str]:
+        return {"template": self.template, "ca_name": self.ca_name, "status": self.status.value,
+                "detail": self.detail, "action": self.action}
+
+
 @runtime_checkable
 class CAConnector(Protocol):
-    """A CA behind certlc: submit a request, fetch a held one, say whether it is usable."""
+    """A CA behind certlc: submit a request, fetch a held one, say whether it is usable.
+
+    Optional: ``check_templates(templates: list[str]) -> list[TemplateCheck]``, one result per
+    template in the order given, without issuing anything. It raises the usual errors when the
+    CA cannot be asked at all (unreachable, credentials refused). It is not part of the Protocol
+    (a runtime check would then refuse connectors without it); ``certlc ca check`` looks for it
+    with ``getattr`` and says templates could not be checked for kinds that lack it.
+    """
 
     profile: str
 
@@ -99,7 +138,8 @@ class CAConnector(Protocol):
         ...
 
     def check(self) -> Health:
-        """Reachable, authenticated, templates known: a preflight with plain-word problems."""
+        """Reachable and authenticated: a preflight with plain-word problems (templates: see
+        the optional ``check_templates``)."""
         ...
 
 

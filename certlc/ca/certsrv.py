@@ -7,7 +7,9 @@ Request Id is N."; denied: ``The disposition message is "..."``). The certificat
 from ``certnew.cer?ReqID=N&Enc=b64`` and the chain from ``certnew.p7b`` (a PKCS#7 whose SET is not
 in chain order, inside ``BEGIN CERTIFICATE`` armor); the chain is re-ordered leaf to root.
 ``retrieve`` asks ``certnew.cer`` again: a certificate, or an HTML page whose "Disposition
-message:" says pending or denied.
+message:" says pending or denied. ``check_templates`` reads the advanced request page
+``certrqxt.asp``, whose ``<Select Name=lbCertTemplate>`` offers the templates the account may
+enrol on (see :func:`parse_template_list`).
 
 Profile options: ``auth`` (``basic`` | ``client_certificate`` | ``ntlm`` | ``kerberos``),
 ``username``, ``password_env`` (the variable holding the password; the password itself is never
@@ -27,6 +29,8 @@ import logging
 import os
 import re
 import ssl
+from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
+from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, TemplateCheck, TemplateStatus
 from certlc.ca.certreq import HRESULTS, _chain_after, _pem
 from certlc.ca.http import (
     check_options,
@@ -49,7 +53,8 @@ from certlc.config import CAProfile, Settings
 from certlc.errors import CertlcError, ConfigError, InvalidInput, TerminalError, first_line
 from certlc.x509.load import load_certificates, load_csr
 
-__all__ = ["KIND", "CertsrvConnector", "from_profile", "parse_certificates", "parse_page"]
+__all__ = ["KIND", "CertsrvConnector", "OfferedTemplate", "TemplateList", "from_profile", "parse_certificates",
+           "parse_page", "parse_template_list"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +135,99 @@ def parse_certificates(data: bytes, what: str) -> list[x509.Certificate]:
     return certs
 
 
+@dataclass(frozen=True)
+class OfferedTemplate:
+    """One template the advanced request page offers: its cn, v2+ OID (if any) and display name."""
+
+    name: str
+    oid: str
+    display: str
+
+
+@dataclass(frozen=True)
+class TemplateList:
+    """What certrqxt.asp's template list says. ``found`` is False when the page has no list at
+    all; ``error`` holds the text of AD CS's "(Unexpected Error 0x...)" placeholder option."""
+
+    found: bool
+    templates: tuple[OfferedTemplate, ...] = ()
+    error: str = ""
+
+
+class _SelectReader(HTMLParser):
+    """The ``<option>``s of ``<select name=lbCertTemplate>``. HTMLParser takes care of what real
+    pages vary in: tag and attribute case, attribute order, single, double or no quotes,
+    character references in values and an ``</option>`` left out."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found = False
+        self.options: list[tuple[str, str]] = []  # (value, text)
+        self._in_select = False
+        self._value: str | None = None
+        self._text: list[str] = []
+
+    def _close_option(self) -> None:
+        if self._value is not None:
+            self.options.append((self._value, " ".join("".join(self._text).split())))
+        self._value, self._text = None, []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: (v or "") for k, v in attrs}
+        if tag == "select":
+            self._close_option()
+            self._in_select = (values.get("name", "").lower() == "lbcerttemplate"
+                               or values.get("id", "").lower() == "lbcerttemplateid")
+            self.found = self.found or self._in_select
+        elif tag == "option" and self._in_select:
+            self._close_option()
+            self._value = values.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "option":
+            self._close_option()
+        elif tag == "select":
+            self._close_option()
+            self._in_select = False
+
+    def handle_data(self, data: str) -> None:
+        if self._value is not None:
+            self._text.append(data)
+
+
+def parse_template_list(page: str) -> TemplateList:
+    """The templates certrqxt.asp offers this account.
+
+    AD CS writes each option as ``certsgcl.inc``'s ``EnumTemplates`` does (Windows Server 2003
+    source; later versions keep the format): ``Value="<E|O>;<cn>;<key spec>;<key flags>;
+    <enrollment flags>;<private key flags>;<subject flags>;<RA signatures>;<CSPs>;<v2 OID>;<major>;
+    <minor flag>;<minor>;<display name>"`` with the display name as the option's text. It lists
+    only templates published on this CA that the account may enrol on; ``Value="X"`` is its
+    placeholder for "(No templates found!)" or "(Unexpected Error 0x...)". azure-reference.md §11.3
+    says nothing about this page: this follows the AD CS source and public scrapers of it.
+    """
+    reader = _SelectReader()
+    reader.feed(page)
+    reader.close()
+    reader._close_option()
+    offered: list[OfferedTemplate] = []
+    error = ""
+    for value, text in reader.options:
+        fields = [f.strip() for f in value.split(";")]
+        if fields[0].upper() == "X":
+            if "error" in text.lower() or _HEX.search(text):
+                error = text
+            continue
+        if len(fields) == 1:  # a value that is just the name, as some proxies and clones write it
+            offered.append(OfferedTemplate(fields[0], "", text))
+            continue
+        oid = fields[9] if len(fields) > 9 else ""
+        display = fields[13] if len(fields) > 13 and fields[13] else text
+        if fields[1]:
+            offered.append(OfferedTemplate(fields[1], oid, display))
+    return TemplateList(reader.found, tuple(offered), error)
+
+
 def _spki(key: Any) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -149,8 +247,11 @@ class CertsrvConnector:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         client: httpx.Client | None = None,
+        account: str = "",
     ) -> None:
         self.profile = profile
+        # Who the CA sees, for advice such as "grant Enroll to ..."; never the password.
+        self.account = account or (auth[0] if isinstance(auth, tuple) else "") or "certlc's account"
         base = endpoint.rstrip("/")
         if not base.lower().endswith("/certsrv"):
             base += "/certsrv"
@@ -281,6 +382,43 @@ class CertsrvConnector:
             return Health(ok=False, problems=[exc.message])
         return Health(ok=True)
 
+    def check_templates(self, templates: list[str]) -> list[TemplateCheck]:
+        """Each template against the list certrqxt.asp offers this account (nothing is submitted)."""
+        listing = parse_template_list(self._send("GET", "certrqxt.asp").text)
+        return [self._template_check(asked, listing) for asked in templates]
+
+    def _template_check(self, asked: str, listing: TemplateList) -> TemplateCheck:
+        name = self.template_map.get(asked, asked)
+        where = f"the web enrollment pages at {self.endpoint}"
+        if not listing.found:
+            return TemplateCheck(asked, name, TemplateStatus.UNVERIFIABLE,
+                                 f"{where} show no certificate template list (certrqxt.asp): a standalone CA "
+                                 "has no templates, or the page is not AD CS's")
+        if listing.error:
+            return TemplateCheck(asked, name, TemplateStatus.UNVERIFIABLE,
+                                 f"{where} could not list templates: {listing.error}",
+                                 "look at certrqxt.asp in a browser as this account, or ask the CA administrator")
+        folded = name.casefold()
+        for offered in listing.templates:
+            if folded in (offered.name.casefold(), offered.oid.casefold()):
+                return TemplateCheck(asked, name, TemplateStatus.OK,
+                                     f"offered to {self.account} as {offered.name!r} ({offered.display})")
+        for offered in listing.templates:
+            if folded == offered.display.casefold():
+                # The CA takes the cn (or OID) in CertificateTemplate:, never the display name.
+                return TemplateCheck(asked, name, TemplateStatus.UNKNOWN,
+                                     f"{name!r} is the display name of template {offered.name!r}; the CA knows "
+                                     "templates by their common name",
+                                     "check template_map: v2 templates are named by their common name, not the "
+                                     f"display name (use {offered.name!r})")
+        # Not listed: the page cannot tell "no such template on this CA" from "no Enroll
+        # permission", so the check claims only what is certain: this account cannot enrol it here.
+        return TemplateCheck(asked, name, TemplateStatus.NOT_ENROLLABLE,
+                             f"not offered to {self.account}: it does not exist on this CA or the account lacks "
+                             "Enroll permission",
+                             f"check the name (and template_map) against `certutil -CATemplates` on the CA, and ask "
+                             f"the CA administrator to grant Enroll on the template to {self.account}")
+
     def close(self) -> None:
         self._client.close()
 
@@ -358,4 +496,13 @@ def from_profile(name: str, profile: CAProfile, settings: Settings) -> CertsrvCo
         default_template=profile.default_template,
         verify=_ssl_context(name, options, auth_kind),
         timeout=timeout,
+        account=_account(options, auth_kind),
     )
+
+
+def _account(options: dict[str, Any], auth_kind: str) -> str:
+    if auth_kind == "client_certificate":
+        return "the account of the profile's client certificate"
+    if auth_kind == "kerberos":
+        return "the worker's Kerberos account"
+    return str(options.get("username") or "")

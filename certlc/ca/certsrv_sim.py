@@ -13,6 +13,12 @@ It speaks the contract of docs/azure-reference.md §11.3, byte for byte where cl
   the SET not in chain order; b64 puts the PKCS#7 inside ``BEGIN CERTIFICATE`` armor with CRLF,
   as AD CS does.
 * ``GET /certsrv/`` and ``/certsrv/certckpn.asp``: plain pages (a health probe target).
+* ``GET /certsrv/certrqxt.asp``: the advanced request page, whose ``<Select Name=lbCertTemplate>``
+  offers the templates the caller may enrol on, one ``<Option>`` each, written as AD CS's
+  ``certsgcl.inc`` (``EnumTemplates``) writes them: ``Value="E;<cn>;<key spec>;<key flags>;
+  <enrollment flags>;<private key flags>;<subject flags>;<RA signatures>;<CSPs>;<v2 OID>;<major>;
+  <minor flag>;<minor>;<display name>"`` and the display name as text. Templates the dev CA
+  denies are left out, as AD CS leaves out templates the account has no Enroll permission on.
 
 The issue / pending / deny decisions are the dev CA's own (:class:`DevCAConnector`), so the
 simulator and the dev CA agree. A CA manager's approval is :func:`approve` (the dev CA's
@@ -40,9 +46,10 @@ from starlette.routing import Route
 
 from certlc.ca.base import Disposition, DispositionStatus, SigningRequest
 from certlc.ca.devca import DevCA, DevCAConnector
+from certlc.config import TemplateSpec
 from certlc.errors import CertlcError, TransientError
 
-__all__ = ["NO_CERT_TYPE", "NO_REQUEST", "approve", "certsrv_app", "deny"]
+__all__ = ["NO_CERT_TYPE", "NO_REQUEST", "approve", "certsrv_app", "deny", "display_name", "template_option"]
 
 NO_CERT_TYPE = (
     "The request contains no certificate template information. "
@@ -137,6 +144,36 @@ def _error_page(ca_name: str, mode: str, disposition: str, message: str, result:
     ))
 
 
+def display_name(spec: TemplateSpec) -> str:
+    """The dev CA has no display names; AD CS's are the cn with spaces ("WebServer" -> "Web Server")."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", spec.name)
+
+
+def template_option(spec: TemplateSpec) -> str:
+    """One ``<Option>`` of the lbCertTemplate list, fields in certsgcl.inc's order (see above)."""
+    # v1 templates have no template extension: the OID, major, minor flag and minor fields are empty.
+    extension = f"{spec.oid};{spec.major or 0};1;{spec.minor or 0}" if spec.oid else ";;;"
+    fields = ["E", spec.name, "1", "0", "0", "16", "1", "0",
+              "Microsoft RSA SChannel Cryptographic Provider", extension, display_name(spec)]
+    return (f'\t\t\t<Option Value="{html.escape(";".join(fields))}">'
+            f"{html.escape(display_name(spec), quote=False)}</Option>\r\n")
+
+
+def _request_page(ca_name: str, templates: list[TemplateSpec]) -> str:
+    # An account without Enroll on any template gets AD CS's placeholder option instead.
+    options = "".join(template_option(t) for t in templates) or '\t\t\t<Option Value="X">(No templates found!)</Option>\r\n'
+    return _page(ca_name, (
+        _title("Submit a Certificate Request or Renewal Request")
+        + '<Form Name=UIForm OnSubmit="goNext();return false;" Action="certlynx.asp" Method=Post>\r\n'
+        + "<Table Border=0 CellSpacing=0 CellPadding=0>\r\n<TR><TD></TD>\r\n"
+        + "\t\t<TD><TextArea ID=locTaRequest Rows=6 Cols=40 Name=taRequest Wrap=Off></TextArea></TD>\r\n</TR>\r\n"
+        + "<TR><TD ColSpan=3><Label For=lbCertTemplateID><LocID ID=locTemplateHead><B>Certificate Template:</B>"
+        + "</LocID></Label></TD></TR>\r\n"
+        + "<TR><TD></TD>\r\n\t\t<TD><Select Name=lbCertTemplate ID=lbCertTemplateID>\r\n" + options
+        + "\t\t</Select></TD>\r\n\t</TR>\r\n</Table>\r\n</Form>\r\n"
+    ))
+
+
 def _armor(der: bytes) -> bytes:
     """``BEGIN CERTIFICATE`` armor with 64-character lines and CRLF, the way AD CS writes Base 64."""
     body = base64.b64encode(der).decode()
@@ -219,6 +256,11 @@ def certsrv_app(ca: DevCA, *, users: dict[str, str] | None = None, realm: str = 
             '<LI><A Href="certrqus.asp">Request a certificate</A>\r\n'
             '<LI><A Href="certckpn.asp">View the status of a pending certificate request</A>\r\n'
             '<LI><A Href="certcarc.asp">Download a CA certificate, certificate chain, or CRL</A>\r\n')))
+
+    async def advanced_request(request: Request) -> Response:
+        if (refused := guard(request)) is not None:
+            return refused
+        return HTMLResponse(_request_page(display, [t for t in ca.templates if t.approval != "deny"]))
 
     async def check_pending(request: Request) -> Response:
         if (refused := guard(request)) is not None:
@@ -314,6 +356,7 @@ def certsrv_app(ca: DevCA, *, users: dict[str, str] | None = None, realm: str = 
         Route("/certsrv", home),
         Route("/certsrv/", home),
         Route("/certsrv/certckpn.asp", check_pending),
+        Route("/certsrv/certrqxt.asp", advanced_request),
         Route("/certsrv/certfnsh.asp", finish, methods=["POST"]),
         Route("/certsrv/certnew.cer", certnew_cer),
         Route("/certsrv/certnew.p7b", certnew_p7b),

@@ -20,6 +20,15 @@ Beware: a cfssl ``signing.default`` that itself has an ``auth_key`` signs reques
 profiles with the default policy. Give cfssl no authenticated default so unknown profiles are
 refused.
 
+``check_templates`` asks, per profile, without issuing anything (answers seen from a real
+``cfssl serve``, 1.2.0): ``/info`` for an unknown profile answers the *default* policy, not an
+error, and says nothing about auth keys; so it also sends an ``authsign`` whose request cannot be
+signed (not DER). cfssl checks the profile's auth provider and then the token before it reads
+the request, so the answer tells: a CSR error (9xxx) = profile found and our key accepted;
+``invalid token`` = the profile has another key; ``no authentication provider`` = the profile
+is unknown or takes no authenticated requests, told apart by whether its ``/info`` policy
+differs from the default's.
+
 The HMAC key never leaves this module: it is not logged, not put in messages, and the request
 body (which carries the token) is never quoted.
 """
@@ -39,7 +48,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
+from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, TemplateCheck, TemplateStatus
 from certlc.ca.http import check_options, check_status, http_endpoint, timeout_option, transport_errors, trust_context
 from certlc.config import CAProfile, Settings
 from certlc.errors import ConfigError, TerminalError, TransientError
@@ -54,6 +63,8 @@ DEFAULT_TIMEOUT = 30.0
 KIND = "cfssl"
 # cfssl error categories (code // 1000) that refuse this request, not the setup.
 _POLICY_ERROR, _CSR_ERROR = 5, 9
+# check_templates' probe: PEM armor around bytes that are no DER request, so cfssl can never sign it.
+_UNSIGNABLE_CSR = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
 
 
 class CfsslConnector:
@@ -132,8 +143,11 @@ class CfsslConnector:
             self._chain[cfssl_profile] = (self._signer_pem(cfssl_profile),)
         return self._chain[cfssl_profile]
 
+    def _info(self, cfssl_profile: str) -> tuple[int, dict[str, Any]]:
+        return self._post(INFO_PATH, {"label": self.label or "", "profile": cfssl_profile})
+
     def _signer_pem(self, cfssl_profile: str) -> str:
-        status, data = self._post(INFO_PATH, {"label": self.label or "", "profile": cfssl_profile})
+        status, data = self._info(cfssl_profile)
         pem = (data.get("result") or {}).get("certificate") if data.get("success") else None
         if not pem:
             code, message = self._first_error(data)
@@ -209,6 +223,47 @@ class CfsslConnector:
         except (TransientError, TerminalError) as exc:
             problems.append(str(exc))
         return Health(ok=not problems, problems=problems)
+
+    def check_templates(self, templates: list[str]) -> list[TemplateCheck]:
+        """Each template's cfssl profile: known, taking authenticated requests, with our key."""
+        default = self._info("")[1].get("result")
+        return [self._template_check(asked, default) for asked in templates]
+
+    def _template_check(self, asked: str, default: object) -> TemplateCheck:
+        name = self.cfssl_profile(asked)
+        # Differs from the default policy: cfssl has a profile of that name (/info falls back to
+        # the default for unknown ones, so an exact copy of the default cannot be told apart).
+        _, info = self._info(name)
+        own_policy = bool(info.get("success")) and info.get("result") != default
+        _, data = self._post(AUTHSIGN_PATH, self.authsign_body(_UNSIGNABLE_CSR, name))
+        code, message = self._first_error(data)
+        where = f"cfssl at {self.endpoint}"
+        if not data.get("success") and code // 1000 == _CSR_ERROR:
+            if own_policy:
+                return TemplateCheck(asked, name, TemplateStatus.OK,
+                                     f"{where} has signing profile {name!r} and accepts certlc's auth key for it")
+            return TemplateCheck(asked, name, TemplateStatus.UNKNOWN,
+                                 f"{where} has no signing profile {name!r}; its authenticated default policy "
+                                 "would sign such requests instead",
+                                 f"add profile {name!r} to cfssl's signing.profiles or fix template_map; give cfssl's "
+                                 "signing.default no auth_key so unknown profiles are refused")
+        if message == "invalid token":
+            return TemplateCheck(asked, name, TemplateStatus.NOT_ENROLLABLE,
+                                 f"{where} refuses certlc's auth key for profile {name!r}",
+                                 f"set the CA profile's auth key to the key cfssl's profile {name!r} uses "
+                                 "(its auth_key in cfssl's configuration)")
+        if message == "no authentication provider":
+            if own_policy:
+                return TemplateCheck(asked, name, TemplateStatus.NOT_ENROLLABLE,
+                                     f"{where} has profile {name!r} but it takes no authenticated requests (no "
+                                     "auth_key), and certlc signs only through authsign",
+                                     f"give profile {name!r} an auth_key in cfssl's configuration")
+            return TemplateCheck(asked, name, TemplateStatus.UNKNOWN,
+                                 f"{where} has no signing profile {name!r}",
+                                 "check the name (and template_map) against signing.profiles in cfssl's configuration")
+        return TemplateCheck(asked, name, TemplateStatus.UNVERIFIABLE,
+                             f"{where} gave an unexpected answer for profile {name!r}: "
+                             f"{message or 'no message'} (code {code})")
 
     def close(self) -> None:
         self._client.close()

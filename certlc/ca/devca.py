@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 from pyasn1.codec.der import encoder
 from pyasn1.type import univ
 
-from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
+from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, TemplateCheck, TemplateStatus
 from certlc.config import CAProfile, Settings, TemplateSpec
 from certlc.errors import InvalidInput, TerminalError, TransientError
 from certlc.files import atomic_write
@@ -274,9 +274,11 @@ class DevCA:
 class DevCAConnector:
     """The dev CA behind the CA connector contract."""
 
-    def __init__(self, profile: str, ca: DevCA):
+    def __init__(self, profile: str, ca: DevCA, template_map: dict[str, str] | None = None):
         self.profile = profile
         self.ca = ca
+        # Only check_templates maps names: requests arrive already mapped (renewal.template_for).
+        self.template_map = dict(template_map or {})
 
     def _issued(self, request_id: str, cert: x509.Certificate) -> Disposition:
         pem = serialization.Encoding.PEM
@@ -357,6 +359,32 @@ class DevCAConnector:
             problems.append("dev CA has no templates configured")
         return Health(ok=not problems, problems=problems)
 
+    def check_templates(self, templates: list[str]) -> list[TemplateCheck]:
+        """Each template as ``submit`` would treat it: issued (or held), denied by policy, unknown."""
+        self._available()
+        results = []
+        for asked in templates:
+            name = self.template_map.get(asked, asked)
+            spec = self.ca.template(name)
+            if spec is None:
+                known = ", ".join(t.name for t in self.ca.templates) or "none"
+                results.append(TemplateCheck(asked, name, TemplateStatus.UNKNOWN,
+                                             f"the dev CA has no template {name!r} (it has: {known})",
+                                             "check the name (and the profile's template_map) against the dev CA's "
+                                             "templates in [devca] templates"))
+            elif spec.approval == "deny":
+                # How the dev CA stands for a template the account may not enrol on.
+                results.append(TemplateCheck(asked, name, TemplateStatus.NOT_ENROLLABLE,
+                                             f"the dev CA refuses every request for {name!r} by policy "
+                                             "(CERTSRV_E_TEMPLATE_DENIED, as AD CS answers an account without "
+                                             "Enroll permission)",
+                                             f"set approval = \"auto\" (or \"manager\") for {name!r} in [devca] templates"))
+            else:
+                held = " (requests wait for a CA manager's approval)" if spec.approval == "manager" else ""
+                results.append(TemplateCheck(asked, name, TemplateStatus.OK, f"the dev CA issues {name!r}{held}"))
+        return results
+
 
 def from_profile(name: str, profile: CAProfile, settings: Settings) -> DevCAConnector:
-    return DevCAConnector(name, DevCA(settings.devca_path, settings.devca.templates, settings.devca.common_name))
+    return DevCAConnector(name, DevCA(settings.devca_path, settings.devca.templates, settings.devca.common_name),
+                          profile.template_map)
