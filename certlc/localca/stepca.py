@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,8 +180,10 @@ def start_step_ca(workdir: str | os.PathLike[str], *, binary: str | os.PathLike[
         proc = subprocess.Popen(command, cwd=work, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
+    trust = ssl.create_default_context(cafile=str(root_pem))
+
     def healthy() -> bool:
-        response = httpx.get(f"{url}/health", verify=str(root_pem), timeout=2)
+        response = httpx.get(f"{url}/health", verify=trust, timeout=2)
         return response.status_code == 200 and response.json().get("status") == "ok"
 
     wait_until(proc, healthy, f"step-ca ({exe})", log_path, timeout)
