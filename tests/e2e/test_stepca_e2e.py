@@ -8,8 +8,10 @@ pebble-challtestsrv (apt package pebble), whose records the tests set over its m
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,3 +177,30 @@ def test_raw_acme_order_for_a_name_without_its_record_never_becomes_ready(
     with pytest.raises(messages.Error) as raised:
         acme.begin_finalization(order)  # (finalize_order would wait for "ready" instead)
     assert raised.value.code == "orderNotReady", raised.value
+
+
+def test_jwk_provisioner_signs_with_a_one_time_token(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``start_step_ca(jwk=True)``: ``POST /1.0/sign`` with an OTT from the provisioner's key; a
+    replayed token is refused."""
+    with start_step_ca(tmp_path_factory.mktemp("step-ca-jwk"), acme=False, jwk=True, validity_hours=48) as ca:
+        assert ca.jwk is not None
+        name = "jwk.stepca.test"
+        csr_pem, key = _csr([name])
+        now = int(dt.datetime.now(dt.UTC).timestamp())
+        claims = {"iss": ca.jwk.name, "aud": f"{ca.url}/1.0/sign", "sub": name, "sans": [name],
+                  "iat": now, "nbf": now, "exp": now + 300, "jti": os.urandom(16).hex()}
+        # Compact JWS with only alg and kid protected (josepy refuses a non-"application/" typ).
+        ott = jose.JWS.sign(json.dumps(claims).encode(), key=jose.JWKEC(key=ca.jwk.key), alg=jose.ES256,
+                            protect=frozenset(["alg", "kid"]), kid=ca.jwk.kid).to_compact().decode()
+        trust = ssl.create_default_context(cafile=str(ca.root_pem))
+        response = httpx.post(f"{ca.url}/1.0/sign", json={"csr": csr_pem, "ott": ott}, verify=trust, timeout=10)
+        assert response.status_code == 201, response.text
+        body = response.json()
+        leaf = x509.load_pem_x509_certificate(body["crt"].encode())
+        assert leaf.public_key() == key.public_key()
+        assert _split_pem(body["ca"]) == [ca.intermediate]
+        lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+        assert abs(lifetime - dt.timedelta(hours=48)) < dt.timedelta(minutes=5)
+        _verify_chain(ca, leaf, [ca.intermediate], name)
+        replay = httpx.post(f"{ca.url}/1.0/sign", json={"csr": csr_pem, "ott": ott}, verify=trust, timeout=10)
+        assert replay.status_code == 401
