@@ -6,6 +6,9 @@ The connector drives the stock Windows client instead of speaking DCOM/MS-WCCE i
     certreq -retrieve -q -config "<CA host>\\<CA name>" <RequestId> cert.cer chain.p7b
     certreq -ping     -q -config "<CA host>\\<CA name>"
 
+``check_templates`` runs ``certutil -config "<CA host>\\<CA name>" -CATemplates`` (see
+:func:`parse_catemplates`).
+
 ``-q`` keeps certreq silent (no dialog can block an unattended worker). Every call runs in a
 private temporary directory that is always removed, through an injectable ``runner`` taking the
 argv list (default: :func:`subprocess.run` with a timeout and no shell). Nothing is ever quoted
@@ -25,20 +28,21 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest
+from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, TemplateCheck, TemplateStatus
 from certlc.ca.http import resolve_template
 from certlc.config import CAProfile, Settings
 from certlc.errors import CertlcError, ConfigError, InvalidInput, TerminalError, TransientError
 from certlc.x509.chain import is_issued_by, order_chain
 from certlc.x509.load import load_certificates, load_csr
 
-__all__ = ["HRESULTS", "CertreqConnector", "CertreqResult", "Runner", "default_runner", "from_profile"]
+__all__ = ["HRESULTS", "CaTemplate", "CertreqConnector", "CertreqResult", "Runner", "default_runner", "from_profile",
+           "parse_catemplates"]
 
 KIND = "certreq"
 DEFAULT_TIMEOUT = 120.0
@@ -130,6 +134,10 @@ _DENIED_TEXT = re.compile(r"\(\s*Denied\s*\)|\bnot issued\b|\bDenied by\b", re.I
 _ALIVE = re.compile(r"interface is alive", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONFIG_STRING = re.compile(r"^[^\\\s\"-][^\\\"]*\\[^\\\"]+$")
+_CATEMPLATE = re.compile(r"^(?P<name>[^\s:][^:]*):\s(?P<display>.*)\s--\s(?P<access>[^-].*)$")
+_OID = re.compile(r"^\d+(\.\d+)+$")
+# certutil -CATemplates on a CA with no template published (🔶 seen in public scripts, not documented).
+_ERROR_NOT_FOUND = 0x80070490
 
 
 @dataclass(frozen=True)
@@ -210,6 +218,46 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+@dataclass(frozen=True)
+class CaTemplate:
+    """One line of ``certutil -CATemplates``: cn, display name and the caller's access to it."""
+
+    name: str
+    display: str
+    access: str  # "enroll" (Enroll; Auto-Enroll or not), "denied" (no Enroll), "" when unrecognised
+    text: str  # certutil's own words after "--"
+
+
+def parse_catemplates(text: str) -> list[CaTemplate]:
+    """The templates ``certutil -config <cfg> -CATemplates`` lists: every template published on
+    the CA, one line each, ``<cn>: <display name> -- <access>``, where certutil checks the caller's
+    rights: ``Auto-Enroll`` (Enroll and Autoenroll), ``Auto-Enroll: Access is denied.`` (Enroll
+    but no Autoenroll, which certreq does not need) or ``Access is denied.`` (no Enroll).
+
+    azure-reference.md has no sample of this output; the format is the one certutil prints in
+    public captures (e.g. "WebServer: Web Server -- Auto-Enroll: Access is denied."), English
+    only. Access words certlc does not recognise (another language) stay unclassified.
+    """
+    found: list[CaTemplate] = []
+    for raw in _decode(text).split("\n"):
+        line = " ".join(raw.split())
+        if line.lower().startswith("certutil:"):
+            continue
+        match = _CATEMPLATE.match(line)
+        if match is None:
+            continue
+        access = match.group("access").strip()
+        words = access.lower().rstrip(".")
+        if words == "auto-enroll" or words.startswith("auto-enroll:"):
+            kind = "enroll"
+        elif words == "access is denied" or "0x80070005" in words:
+            kind = "denied"
+        else:
+            kind = ""
+        found.append(CaTemplate(match.group("name").strip(), match.group("display").strip(), kind, access))
+    return found
+
+
 def _chain_after(leaf: x509.Certificate, others: list[x509.Certificate]) -> list[x509.Certificate]:
     """``others`` without the leaf, ordered from the leaf's issuer upwards (a PKCS#7 SET has no
     order); certificates outside the leaf's chain follow, themselves in chain order."""
@@ -237,6 +285,7 @@ class CertreqConnector:
         default_template: str | None = None,
         runner: Runner | None = None,
         certreq: str = "certreq.exe",
+        certutil: str = "certutil.exe",
         timeout: float = DEFAULT_TIMEOUT,
         work_dir: str | Path | None = None,
     ) -> None:
@@ -245,6 +294,7 @@ class CertreqConnector:
         self.template_map = dict(template_map or {})
         self.default_template = default_template
         self.certreq = certreq
+        self.certutil = certutil
         self.timeout = timeout
         self.runner: Runner = runner or default_runner(timeout)
         self.work_dir = Path(work_dir) if work_dir else None
@@ -272,19 +322,22 @@ class CertreqConnector:
 
     # --- running certreq ----------------------------------------------------------------------
     def _run(self, argv: list[str]) -> CertreqResult:
+        tool = argv[0]
+        label = PureWindowsPath(tool).stem  # certreq or certutil, whatever path the profile gives
         try:
             completed = self.runner(argv)
         except subprocess.TimeoutExpired:
-            raise TransientError(f"certreq did not answer within {self.timeout:g} s (CA {self.config} "
+            raise TransientError(f"{label} did not answer within {self.timeout:g} s (CA {self.config} "
                                  "slow or unreachable)", reason="CATimeout", profile=self.profile) from None
         except FileNotFoundError:
-            raise ConfigError(f"{self.certreq} was not found: the certreq connector needs a Windows worker "
-                              "with certreq.exe on its PATH", reason="CertreqMissing", profile=self.profile) from None
+            raise ConfigError(f"{tool} was not found: the certreq connector needs a Windows worker "
+                              f"with {PureWindowsPath(tool).name} on its PATH", reason="CertreqMissing",
+                              profile=self.profile) from None
         except PermissionError:
-            raise ConfigError(f"{self.certreq} cannot be started (permission denied)",
+            raise ConfigError(f"{tool} cannot be started (permission denied)",
                               reason="CertreqMissing", profile=self.profile) from None
         except OSError as exc:
-            raise TerminalError(f"certreq could not be started: {exc}", reason="CertreqFailed",
+            raise TerminalError(f"{label} could not be started: {exc}", reason="CertreqFailed",
                                 profile=self.profile) from None
         return CertreqResult(int(getattr(completed, "returncode", 0) or 0),
                              _decode(getattr(completed, "stdout", None)),
@@ -340,6 +393,62 @@ class CertreqConnector:
         else:
             problem = f"CA {self.config} does not answer certreq -ping (exit {result.returncode}): {_first_line(result)}"
         return Health(ok=False, problems=[problem])
+
+    def check_templates(self, templates: list[str]) -> list[TemplateCheck]:
+        """Each template against ``certutil -CATemplates``, run as the worker's account (the one
+        certreq enrols as), so its access words are about that account."""
+        result = self._run([self.certutil, "-config", self.config, "-CATemplates"])
+        listed = parse_catemplates(result.text)
+        codes = _codes(result)
+        if not listed and codes and codes[0] != _ERROR_NOT_FOUND:
+            known = HRESULTS.get(codes[0])
+            words = known.text if known is not None else _first_line(result)
+            message = f"certutil -CATemplates ({self.config}): {words} (0x{codes[0]:08X})"
+            context: dict[str, Any] = {"profile": self.profile, "ca_code": f"0x{codes[0]:08X}"}
+            if known is not None and known.kind == _TRANSIENT:
+                raise TransientError(message, reason=known.reason, **context)
+            if known is not None and known.kind == _CONFIG:
+                raise ConfigError(message, reason=known.reason, **context)
+            raise TerminalError(message, reason=known.reason if known else "CertutilFailed", **context)
+        if not listed and not codes and not re.search(r"command completed successfully", result.text, re.I):
+            raise TerminalError(f"certutil -CATemplates ({self.config}) gave an answer certlc does not recognise "
+                                f"(exit {result.returncode}): {_first_line(result)}", reason="CertreqUnrecognised",
+                                profile=self.profile)
+        return [self._template_check(asked, listed) for asked in templates]
+
+    def _template_check(self, asked: str, listed: list[CaTemplate]) -> TemplateCheck:
+        name = self.template_map.get(asked, asked)
+        account = "the worker's account (for a service running as LocalSystem or Network Service: the computer account)"
+        folded = name.casefold()
+        line = next((t for t in listed if t.name.casefold() == folded), None)
+        if line is not None:
+            if line.access == "enroll":
+                return TemplateCheck(asked, name, TemplateStatus.OK,
+                                     f"published on CA {self.config}; the worker's account may enrol ({line.text})")
+            if line.access == "denied":
+                return TemplateCheck(asked, name, TemplateStatus.NOT_ENROLLABLE,
+                                     f"published on CA {self.config}, but the worker's account may not enrol "
+                                     f"({line.text})",
+                                     f"ask the CA administrator to grant Enroll on the template to {account}")
+            return TemplateCheck(asked, name, TemplateStatus.UNVERIFIABLE,
+                                 f"published on CA {self.config}; certutil's access words are not ones certlc "
+                                 f"knows: {line.text!r}")
+        if _OID.match(name):
+            return TemplateCheck(asked, name, TemplateStatus.UNVERIFIABLE,
+                                 "certutil -CATemplates names templates by common name, not OID",
+                                 f"map {name} to its template's common name in template_map to have it checked")
+        display = next((t for t in listed if t.display.casefold() == folded), None)
+        if display is not None:
+            return TemplateCheck(asked, name, TemplateStatus.UNKNOWN,
+                                 f"{name!r} is the display name of template {display.name!r}; the CA knows "
+                                 "templates by their common name",
+                                 "check template_map: v2 templates are named by their common name, not the "
+                                 f"display name (use {display.name!r})")
+        return TemplateCheck(asked, name, TemplateStatus.UNKNOWN,
+                             f"CA {self.config} does not issue template {name!r} (not among the templates published "
+                             "on it)",
+                             "check the name (and template_map), or ask the CA administrator to publish the "
+                             "template on this CA (Certificate Templates > New > Certificate Template to Issue)")
 
     # --- reading the answer -------------------------------------------------------------------
     def _read_files(self, cer: Path, p7b: Path, request_id: str) -> tuple[x509.Certificate, list[x509.Certificate]]:
@@ -409,8 +518,9 @@ class CertreqConnector:
 
 def from_profile(name: str, profile: CAProfile, settings: Settings) -> CertreqConnector:
     """The connector for a ``kind: certreq`` profile. ``endpoint`` is the certreq config string
-    ``<CA host>\\<CA name>``; ``options`` may set ``certreq`` (path of certreq.exe), ``timeout``
-    (seconds, default 120) and ``work_dir`` (parent of the private temporary directories)."""
+    ``<CA host>\\<CA name>``; ``options`` may set ``certreq`` (path of certreq.exe), ``certutil``
+    (path of certutil.exe, for ``ca check``), ``timeout`` (seconds, default 120) and ``work_dir``
+    (parent of the private temporary directories)."""
     options = profile.options or {}
     try:
         timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
@@ -426,6 +536,7 @@ def from_profile(name: str, profile: CAProfile, settings: Settings) -> CertreqCo
         template_map=profile.template_map,
         default_template=profile.default_template,
         certreq=str(options.get("certreq") or "certreq.exe"),
+        certutil=str(options.get("certutil") or "certutil.exe"),
         timeout=timeout,
         work_dir=options.get("work_dir") or None,
     )
