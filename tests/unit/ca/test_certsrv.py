@@ -14,8 +14,9 @@ from cryptography.x509.oid import NameOID
 from starlette.testclient import TestClient
 
 from certlc.ca import DispositionStatus, SigningRequest, connector_for
+from certlc.ca.base import TemplateStatus
 from certlc.ca.certreq import _chain_after
-from certlc.ca.certsrv import CertsrvConnector, parse_certificates, parse_page
+from certlc.ca.certsrv import CertsrvConnector, parse_certificates, parse_page, parse_template_list
 from certlc.ca.certsrv_sim import approve, certsrv_app
 from certlc.ca.devca import DENIED_BY_POLICY, UNSUPPORTED_TEMPLATE, DevCA
 from certlc.config import TemplateSpec, load_settings
@@ -25,10 +26,12 @@ from certlc.x509.chain import is_issued_by
 ENDPOINT = "https://ca.contoso.com/certsrv"
 USERS = {"CONTOSO\\svc-certlc": "S3cret-Pa55"}
 CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "corpus"
+V2_OID = "1.3.6.1.4.1.311.21.8.1.2.3"
 TEMPLATES = [
     TemplateSpec(name="WebServer"),
     TemplateSpec(name="WebServerApproval", approval="manager"),
     TemplateSpec(name="WebServerDeny", approval="deny"),
+    TemplateSpec(name="WebServerShort", oid=V2_OID, major=100, minor=4),
 ]
 
 
@@ -227,3 +230,101 @@ def test_parse_pages_of_real_shape() -> None:
     assert result.reason == "TemplateNotSupported"
     issued = '<A Href="certnew.cer?ReqID=12&amp;Enc=b64">Download certificate</A>'
     assert parse_page(issued).request_id == "12"  # type: ignore[union-attr]
+
+
+# --- templates: certrqxt.asp's list -------------------------------------------------------------
+def test_sim_lists_the_templates_the_account_may_enrol_on(client: TestClient) -> None:
+    assert client.get("/certsrv/certrqxt.asp").status_code == 401  # the same authentication as every page
+    page = client.get("/certsrv/certrqxt.asp", auth=("CONTOSO\\svc-certlc", "S3cret-Pa55")).text
+    assert "<Select Name=lbCertTemplate ID=lbCertTemplateID>" in page
+    assert '<Option Value="E;WebServer;' in page and ">Web Server</Option>" in page
+    listing = parse_template_list(page)
+    assert [(t.name, t.oid, t.display) for t in listing.templates] == [
+        ("WebServer", "", "Web Server"), ("WebServerApproval", "", "Web Server Approval"),
+        ("WebServerShort", V2_OID, "Web Server Short")]  # WebServerDeny: no Enroll, so not offered
+
+
+def test_check_templates_offered_not_offered_and_display_names(client: TestClient) -> None:
+    connector = CertsrvConnector("adcs", ENDPOINT, auth=("CONTOSO\\svc-certlc", "S3cret-Pa55"), client=client,
+                                 template_map={V2_OID: "WebServerShort", "Short": V2_OID})
+    ok, mapped, by_oid, denied, unknown, display = connector.check_templates(
+        ["WebServer", V2_OID, "Short", "WebServerDeny", "NoSuchTemplate", "Web Server"])
+    assert ok.ok and "offered to CONTOSO\\svc-certlc" in ok.detail
+    assert mapped.ok and mapped.ca_name == "WebServerShort"
+    assert by_oid.ok and by_oid.ca_name == V2_OID  # AD CS takes the OID as well: matched on the option's OID field
+    for result in (denied, unknown):  # the page cannot tell these two apart
+        assert result.status is TemplateStatus.NOT_ENROLLABLE
+        assert result.detail == ("not offered to CONTOSO\\svc-certlc: it does not exist on this CA or the account "
+                                 "lacks Enroll permission")
+        assert "grant Enroll on the template to CONTOSO\\svc-certlc" in result.action
+    assert display.status is TemplateStatus.UNKNOWN and "'WebServer'" in display.action
+    assert "common name, not the display name" in display.action
+
+
+def test_check_templates_with_refused_credentials_raises_once(client: TestClient) -> None:
+    with pytest.raises(TerminalError) as caught:
+        _connector(client, password="Wr0ng-Guess").check_templates(["WebServer", "Other"])
+    assert caught.value.reason == "CaAuthFailed" and "Wr0ng-Guess" not in str(caught.value)
+
+
+# Real pages differ from the simulator's: tag and attribute case, attribute order, quotes,
+# character references, a missing </Option>, and other <select>s (the CSP list) on the page.
+REAL_WORLD = """<html><body><form name=UIForm>
+<select name="lbCSP"><option value="1">Microsoft Enhanced Cryptographic Provider v1.0</select>
+<TD><SELECT id='lbCertTemplateID' NAME='lbCertTemplate' OnChange="handleTemplateChange();">
+  <option selected value='E;WebServer;1;0;0;16;1;0;Microsoft RSA SChannel Cryptographic Provider;;;;;Web Server'>Web Server
+  <OPTION VALUE="O;Smith&amp;Sons;2;0;0;0;0;0;;1.3.6.1.4.1.311.21.8.9.9;100;1;2;Smith &amp; Sons TLS">Smith &amp; Sons TLS</OPTION>
+  <Option Value=E&#59;Bare&#59;1>Bare</Option>
+  <option value="JustAName">Just A Name</option>
+</SELECT></TD></form></body></html>"""
+
+
+def test_template_list_parsing_is_robust_to_real_world_html() -> None:
+    listing = parse_template_list(REAL_WORLD)
+    assert listing.found and not listing.error
+    assert [(t.name, t.oid, t.display) for t in listing.templates] == [
+        ("WebServer", "", "Web Server"),
+        ("Smith&Sons", "1.3.6.1.4.1.311.21.8.9.9", "Smith & Sons TLS"),
+        ("Bare", "", "Bare"),
+        ("JustAName", "", "Just A Name"),
+    ]
+
+
+@pytest.mark.parametrize(("page", "found", "names", "error"), [
+    ('<Select Name=lbCertTemplate ID=lbCertTemplateID>\r\n\t\t\t<Option Value="X">(No templates found!)</Option>\r\n'
+     "\t\t</Select>", True, [], ""),
+    ('<Select Name=lbCertTemplate><Option Value="X">(Unexpected Error 0x80070005)</Option></Select>', True, [],
+     "(Unexpected Error 0x80070005)"),
+    ("<html><body>Welcome to the proxy login page</body></html>", False, [], ""),
+])
+def test_template_list_placeholders_and_pages_without_a_list(page: str, found: bool, names: list[str],
+                                                             error: str) -> None:
+    listing = parse_template_list(page)
+    assert (listing.found, [t.name for t in listing.templates], listing.error) == (found, names, error)
+
+
+def test_check_templates_when_the_page_cannot_tell() -> None:
+    pages = iter(['<Select Name=lbCertTemplate><Option Value="X">(Unexpected Error 0x8007054B)</Option></Select>',
+                  "<html><body>Standalone CA</body></html>",
+                  '<Select Name=lbCertTemplate><Option Value="X">(No templates found!)</Option></Select>'])
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/certsrv/certrqxt.asp"
+        return httpx.Response(200, html=next(pages))
+
+    connector = CertsrvConnector("adcs", ENDPOINT, transport=httpx.MockTransport(serve), account="svc")
+    [error] = connector.check_templates(["WebServer"])
+    assert error.status is TemplateStatus.UNVERIFIABLE and "0x8007054B" in error.detail
+    [standalone] = connector.check_templates(["WebServer"])
+    assert standalone.status is TemplateStatus.UNVERIFIABLE and "no certificate template list" in standalone.detail
+    [nothing] = connector.check_templates(["WebServer"])
+    assert nothing.status is TemplateStatus.NOT_ENROLLABLE and "not offered to svc" in nothing.detail
+
+
+def test_profile_names_the_account_for_advice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CERTSRV_PW", "S3cret-Pa55")
+    settings = load_settings(state_dir=str(tmp_path), ca_profiles={"adcs": {
+        "kind": "adcs-web", "endpoint": ENDPOINT,
+        "options": {"auth": "basic", "username": "CONTOSO\\svc-certlc", "password_env": "CERTSRV_PW"}}})
+    connector = connector_for("adcs", settings)
+    assert isinstance(connector, CertsrvConnector) and connector.account == "CONTOSO\\svc-certlc"

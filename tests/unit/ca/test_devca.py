@@ -10,9 +10,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certlc.ca import DispositionStatus, SigningRequest, connector_for
-from certlc.ca.devca import APPLICATION_POLICIES_OID, DevCA
+from certlc.ca.base import TemplateStatus
+from certlc.ca.devca import APPLICATION_POLICIES_OID, OFFLINE_FILE, DevCA
 from certlc.config import TemplateSpec, load_settings
-from certlc.errors import ConfigError
+from certlc.errors import ConfigError, TransientError
 from certlc.x509.templates import TEMPLATE_NAME_OID, TEMPLATE_V2_OID, template_of
 
 V2_OID = "1.3.6.1.4.1.311.21.8.1.2.3"
@@ -116,3 +117,28 @@ def test_unknown_connector_kind_names_the_known_ones(tmp_path: Path) -> None:
     settings = load_settings(state_dir=str(tmp_path), ca_profiles={"x": {"kind": "nosuch"}})
     with pytest.raises(ConfigError, match="known: devca"):
         connector_for("x", settings)
+
+
+# --- check_templates: what ``certlc ca check`` asks --------------------------------------------
+def test_check_templates_says_issued_held_refused_or_unknown(connector) -> None:
+    results = connector.check_templates(["WebServer", "Approval", "Forbidden", "NoSuchTemplate", V2_OID])
+    assert [r.status for r in results] == [TemplateStatus.OK, TemplateStatus.OK, TemplateStatus.NOT_ENROLLABLE,
+                                          TemplateStatus.UNKNOWN, TemplateStatus.OK]
+    assert "approval" in results[1].detail
+    assert "by policy" in results[2].detail and "approval" in results[2].action
+    assert "no template 'NoSuchTemplate'" in results[3].detail and "WebServer" in results[3].detail
+    assert all(r.template == r.ca_name for r in results)
+
+
+def test_check_templates_maps_through_the_profile(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=str(tmp_path), devca={"templates": TEMPLATES},
+                             ca_profiles={"dev": {"kind": "devca", "template_map": {"1.2.3.4": "WebServerV2"}}})
+    [result] = connector_for("dev", settings).check_templates(["1.2.3.4"])
+    assert result.ok and (result.template, result.ca_name) == ("1.2.3.4", "WebServerV2")
+
+
+def test_check_templates_of_an_offline_dev_ca_is_transient(connector) -> None:
+    connector.ca.ensure()
+    (connector.ca.state_dir / OFFLINE_FILE).touch()
+    with pytest.raises(TransientError):
+        connector.check_templates(["WebServer"])
