@@ -22,12 +22,13 @@ def register(kind: str, factory: Factory) -> None:
 
 
 def _builtin() -> None:
-    from certlc.ca import certreq, certsrv, cfssl, devca
+    from certlc.ca import acme, certreq, certsrv, cfssl, devca
 
     register("devca", devca.from_profile)
     register("cfssl", cfssl.from_profile)
     register("certreq", certreq.from_profile)  # AD CS through certreq.exe, on a Windows worker
     register("adcs-web", certsrv.from_profile)  # AD CS web enrollment (certsrv)
+    register("acme", acme.from_profile)
 
 
 def _plugins() -> None:
