@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from certlc.ca.base import CAConnector, DispositionStatus, SigningRequest
-from certlc.ca.certreq import HRESULTS, CertreqConnector, from_profile
+from certlc.ca.base import CAConnector, DispositionStatus, SigningRequest, TemplateStatus
+from certlc.ca.certreq import HRESULTS, CertreqConnector, from_profile, parse_catemplates
 from certlc.config import CAProfile
 from certlc.errors import ConfigError, InvalidInput, TerminalError, TransientError
 
@@ -416,3 +416,75 @@ def test_hresult_table_codes_are_hresults() -> None:
     assert all(code & 0x80000000 for code in HRESULTS)
     assert HRESULTS[0x80094014].name == "CERTSRV_E_ADMIN_DENIED_REQUEST"
     assert HRESULTS[0x80094012].name == "CERTSRV_E_TEMPLATE_DENIED"
+
+
+# --- check_templates: certutil -config <cfg> -CATemplates ---------------------------------------
+# azure-reference.md has no sample; these follow certutil's line format in public captures
+# ("<cn>: <display name> -- <access>") and its trailer lines. Access words: "Auto-Enroll" = Enroll
+# and Autoenroll; "Auto-Enroll: Access is denied." = Enroll only; "Access is denied." = no Enroll.
+CATEMPLATES = crlf(
+    "WebServerShort: Web Server Short -- Auto-Enroll: Access is denied.\n"
+    "Machine: Computer -- Auto-Enroll\n"
+    "WebServer: Web Server -- Access is denied.\n"
+    "SubCA: Subordinate Certification Authority -- Access is denied.\n"
+    "CertUtil: -CATemplates command completed successfully.\n")
+CATEMPLATES_NONE = crlf(
+    "CertUtil: -CATemplates command FAILED: 0x80070490 (WIN32: 1168 ERROR_NOT_FOUND)\n"
+    "CertUtil: Element not found.\n")
+CATEMPLATES_DOWN = crlf(
+    "CertUtil: -CATemplates command FAILED: 0x800706ba (WIN32: 1722 RPC_S_SERVER_UNAVAILABLE)\n"
+    "CertUtil: The RPC server is unavailable.\n")
+
+
+def test_catemplates_lines_are_parsed_with_access() -> None:
+    listed = parse_catemplates(CATEMPLATES)
+    assert [(t.name, t.display, t.access) for t in listed] == [
+        ("WebServerShort", "Web Server Short", "enroll"), ("Machine", "Computer", "enroll"),
+        ("WebServer", "Web Server", "denied"), ("SubCA", "Subordinate Certification Authority", "denied")]
+    # Another language keeps the line but not a verdict.
+    [german] = parse_catemplates("WebServer: Webserver -- Zugriff verweigert.\r\n")
+    assert german.access == "" and german.text == "Zugriff verweigert."
+
+
+def test_check_templates_runs_certutil_and_reads_each_template() -> None:
+    fake = FakeCertreq(Answer(CATEMPLATES))
+    results = connector(fake).check_templates([V2_OID, "Machine", "WebServer", "NoSuch", "Web Server Short",
+                                               "1.3.6.1.4.1.311.21.8.9.9"])
+    assert fake.calls == [["certutil.exe", "-config", CONFIG, "-CATemplates"]]
+    short, machine, web, nosuch, display, oid = results
+    assert short.ok and (short.template, short.ca_name) == (V2_OID, "WebServerShort")
+    assert machine.ok
+    assert web.status is TemplateStatus.NOT_ENROLLABLE and "Access is denied." in web.detail
+    assert "grant Enroll on the template to the worker's account" in web.action
+    assert "computer account" in web.action
+    assert nosuch.status is TemplateStatus.UNKNOWN and "publish" in nosuch.action
+    assert display.status is TemplateStatus.UNKNOWN and "'WebServerShort'" in display.action
+    assert oid.status is TemplateStatus.UNVERIFIABLE and "template_map" in oid.action
+
+
+def test_check_templates_with_nothing_published_says_unknown() -> None:
+    fake = FakeCertreq(Answer(CATEMPLATES_NONE, returncode=0x80070490))
+    [result] = connector(fake).check_templates(["WebServer"])
+    assert result.status is TemplateStatus.UNKNOWN
+
+
+@pytest.mark.parametrize(("answer", "error", "reason"), [
+    (Answer(CATEMPLATES_DOWN, returncode=RC_RPC), TransientError, "CAUnavailable"),
+    (Answer(stderr=ACCESS_DENIED.replace("Certificate Request Processor", "CertUtil"), returncode=RC_ACCESS),
+     ConfigError, "AccessDenied"),
+    (Answer("Something went sideways\r\n", returncode=1), TerminalError, "CertreqUnrecognised"),
+    (Answer(raises=FileNotFoundError("certutil.exe")), ConfigError, "CertreqMissing"),
+])
+def test_check_templates_failures_raise(answer: Answer, error: type[Exception], reason: str) -> None:
+    with pytest.raises(error) as caught:
+        connector(FakeCertreq(answer)).check_templates(["WebServer"])
+    assert caught.value.reason == reason  # type: ignore[attr-defined]
+
+
+def test_certutil_path_from_profile() -> None:
+    profile = CAProfile(kind="certreq", endpoint=CONFIG, options={"certutil": "C:\\Windows\\System32\\certutil.exe"})
+    conn = from_profile("corp", profile, None)  # type: ignore[arg-type]
+    fake = FakeCertreq(Answer(CATEMPLATES))
+    conn.runner = fake
+    assert conn.check_templates(["Machine"])[0].ok
+    assert fake.calls[0][0] == "C:\\Windows\\System32\\certutil.exe"

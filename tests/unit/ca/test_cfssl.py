@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certlc.ca import DispositionStatus, SigningRequest, connector_for
+from certlc.ca.base import TemplateStatus
 from certlc.ca.cfssl import AUTHSIGN_PATH, INFO_PATH, CfsslConnector
 from certlc.config import load_settings
 from certlc.errors import ConfigError, TerminalError, TransientError
@@ -317,3 +318,89 @@ def test_ca_bundle_is_used_for_tls(tmp_path: Path) -> None:
     bundle.write_text(CA_PEM)
     connector = connector_for("cf", _settings(tmp_path, options={"auth_key": KEY_HEX, "ca_bundle": str(bundle)}))
     assert isinstance(connector, CfsslConnector)
+
+
+# --- check_templates: answers recorded from a real `cfssl serve` 1.2.0 -------------------------
+# Its configuration: profiles WebServer (auth_key "primary") and NoAuth (no auth_key), no
+# authenticated default. /info for an unknown profile answers the default policy.
+DEFAULT_POLICY = {"certificate": CA_PEM, "usages": ["signing", "key encipherment", "server auth", "client auth"],
+                  "expiry": "8760h"}
+POLICIES = {
+    "": DEFAULT_POLICY,
+    "WebServer": {"certificate": CA_PEM, "usages": ["digital signature", "server auth"], "expiry": "2160h"},
+    "NoAuth": {"certificate": CA_PEM, "usages": ["digital signature", "client auth"], "expiry": "720h"},
+}
+CSR_ERROR = ("asn1: structure error: tags don't match (16 vs {class:0 tag:0 length:0 isCompound:false}) "
+             "{optional:false explicit:false application:false private:false defaultValue:<nil> tag:<nil> "
+             "stringType:0 timeType:0 set:false omitEmpty:false} certificateRequest @2")
+
+
+class RecordedCfssl:
+    """Answers /info and authsign as the real server did; ``default_auth`` plays a cfssl whose
+    signing.default has an auth_key (then unknown profiles pass the token check)."""
+
+    def __init__(self, key_hex: str = KEY_HEX, default_auth: bool = False) -> None:
+        self.key = bytes.fromhex(key_hex)
+        self.default_auth = default_auth
+        self.probes: list[dict[str, str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == INFO_PATH:
+            return httpx.Response(200, json={"success": True, "result": POLICIES.get(body.get("profile"), DEFAULT_POLICY),
+                                             "errors": [], "messages": []})
+        raw = base64.b64decode(body["request"])
+        inner = json.loads(raw)
+        self.probes.append(inner)
+        authenticated = inner["profile"] == "WebServer" or (self.default_auth and inner["profile"] not in POLICIES)
+        if not authenticated:
+            return _error(400, "no authentication provider")
+        if base64.b64decode(body["token"]) != hmac.new(self.key, raw, hashlib.sha256).digest():
+            return _error(400, "invalid token")
+        return _error(9003, CSR_ERROR)
+
+
+def test_check_templates_tells_known_unknown_and_unauthenticated_profiles() -> None:
+    fake = RecordedCfssl()
+    connector = _connector(fake, template_map={"Web Server": "WebServer"}, label="root2")
+    ok, mapped, unknown, no_auth = connector.check_templates(["WebServer", "Web Server", "NoSuchProfile", "NoAuth"])
+    assert ok.ok and "accepts certlc's auth key" in ok.detail
+    assert mapped.ok and (mapped.template, mapped.ca_name) == ("Web Server", "WebServer")
+    assert unknown.status is TemplateStatus.UNKNOWN and "no signing profile 'NoSuchProfile'" in unknown.detail
+    assert no_auth.status is TemplateStatus.NOT_ENROLLABLE and "takes no authenticated requests" in no_auth.detail
+    assert "auth_key" in no_auth.action
+    # The probe can never be signed: its request is no DER, whatever cfssl's policy.
+    for inner in fake.probes:
+        assert inner["label"] == "root2"
+        with pytest.raises(ValueError):
+            x509.load_pem_x509_csr(inner["certificate_request"].encode())
+
+
+def test_check_templates_with_another_key_is_not_enrollable_without_leaking_it() -> None:
+    connector = _connector(RecordedCfssl(key_hex="ffeeddccbbaa99887766554433221100"))
+    [result] = connector.check_templates(["WebServer"])
+    assert result.status is TemplateStatus.NOT_ENROLLABLE and "refuses certlc's auth key" in result.detail
+    assert KEY_HEX not in repr(result)
+
+
+def test_check_templates_under_an_authenticated_default_calls_unknown_profiles_unknown() -> None:
+    ok, unknown = _connector(RecordedCfssl(default_auth=True)).check_templates(["WebServer", "NoSuchProfile"])
+    assert ok.ok
+    assert unknown.status is TemplateStatus.UNKNOWN and "default policy would sign" in unknown.detail
+    assert "signing.default" in unknown.action
+
+
+def test_check_templates_other_answers_are_unverifiable_and_outages_raise() -> None:
+    def odd(request: httpx.Request) -> httpx.Response:
+        if request.url.path == INFO_PATH:
+            return httpx.Response(200, json={"success": True, "result": DEFAULT_POLICY})
+        return _error(1000, "something new")
+
+    [result] = _connector(odd).check_templates(["WebServer"])
+    assert result.status is TemplateStatus.UNVERIFIABLE and "something new" in result.detail
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    with pytest.raises(TransientError):
+        _connector(down).check_templates(["WebServer"])
