@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certlc.ca.base import CAConnector, DispositionStatus, SigningRequest
+from certlc.ca.base import CAConnector, DispositionStatus, SigningRequest, TemplateStatus
 from certlc.ca.certsrv_sim import approve, certsrv_app
 from certlc.ca.devca import DevCA
 from certlc.ca.registry import connector_for
@@ -185,6 +185,13 @@ def test_denied_carries_hresult(site: Site, monkeypatch: pytest.MonkeyPatch) -> 
     result = _connector(site, monkeypatch).submit(_request("WebServerDenied")[0])
     assert result.status is DispositionStatus.DENIED
     assert "0x80094012" in result.message and "CERTSRV_E_TEMPLATE_DENIED" in result.message
+
+
+def test_check_templates_over_https(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    listed, denied = _connector(site, monkeypatch).check_templates(["WebServer", "WebServerDenied"])  # type: ignore[attr-defined]
+    assert listed.status is TemplateStatus.OK
+    assert denied.status is TemplateStatus.NOT_ENROLLABLE
+    assert denied.detail == f"not offered to {USER}: it does not exist on this CA or the account lacks Enroll permission"
 
 
 def test_wrong_password_is_terminal_without_secret(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:

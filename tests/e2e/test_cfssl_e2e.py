@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certlc.ca import DispositionStatus, SigningRequest, connector_for
+from certlc.ca.base import TemplateStatus
 from certlc.ca.cfssl import CfsslConnector
 from certlc.config import load_settings
 from certlc.errors import TerminalError, TransientError
@@ -76,6 +77,8 @@ def _config(tmp: Path) -> Path:
                               "usages": ["digital signature", "key encipherment", "server auth"]},
                 "ClientOnly": {"expiry": "720h", "auth_key": "primary",
                                "usages": ["digital signature", "client auth"]},
+                # No auth_key: authsign cannot use it (ca check says so).
+                "Unauthenticated": {"expiry": "24h", "usages": ["digital signature"]},
             },
         },
         "auth_keys": {"primary": {"type": "standard", "key": AUTH_KEY}},
@@ -200,6 +203,16 @@ def test_an_unknown_profile_is_denied(cfssl: Cfssl, tmp_path: Path) -> None:
     assert result.status is DispositionStatus.DENIED
     assert result.reason == "TemplateNotSupported" and "'NoSuchProfile'" in result.message
     assert result.request_id == "k1"
+
+
+def test_check_templates_against_the_real_server(cfssl: Cfssl, tmp_path: Path) -> None:
+    results = _connector(cfssl.url, tmp_path, template_map={"Client": "ClientOnly"}).check_templates(
+        ["WebServer", "Client", "NoSuchProfile", "Unauthenticated"])
+    assert [r.status for r in results] == [TemplateStatus.OK, TemplateStatus.OK, TemplateStatus.UNKNOWN,
+                                          TemplateStatus.NOT_ENROLLABLE]
+    assert "no signing profile 'NoSuchProfile'" in results[2].detail
+    [wrong] = _connector(cfssl.url, tmp_path, key=WRONG_KEY).check_templates(["WebServer"])
+    assert wrong.status is TemplateStatus.NOT_ENROLLABLE and "auth key" in wrong.detail
 
 
 def test_a_request_cfssl_cannot_read_is_denied(cfssl: Cfssl, tmp_path: Path) -> None:
