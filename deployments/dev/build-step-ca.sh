@@ -48,7 +48,7 @@ mkdir -p "$work/src/certlc-step-ca"
 cp "$src" "$work/src/certlc-step-ca/main.go"
 export GO111MODULE=off
 export GOPATH="$work:/usr/share/gocode"
-export GOCACHE="${GOCACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/certlc-step-ca-go}"
+export GOCACHE="${GOCACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/certlc-step-ca-go}"
 # Offline: no proxy, no checksum database, no toolchain download, no VCS stamping.
 export GOFLAGS="-buildvcs=false" GOPROXY=off GOSUMDB=off GOTOOLCHAIN=local
 # No cgo: a pure-Go binary, and no C compiler needed (--no-install-recommends leaves gcc out).
