@@ -22,8 +22,10 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	@touch $@
 
+# CA=devca|adcs-web|cfssl|acme picks the CA the renewals go to (one value; see README).
+CA ?= devca
 demo: venv node_modules/.installed
-	$(BIN)/certlc demo
+	$(BIN)/certlc demo --ca $(CA)
 
 test: venv node_modules/.installed
 	$(BIN)/ruff check .

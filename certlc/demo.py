@@ -104,6 +104,30 @@ DEMO_CERTIFICATES = [
                     "portal@contoso.com", "single-name web server"),
 ]
 
+# What each local CA can issue again as it was. ACME validates DNS names only (http-01 here, so no
+# wildcards) and names the subject after an identifier; cfssl 1.2 copies DNS and IP SANs and the
+# usual subject attributes but neither UPNs, URIs nor domain components. The dev CA and AD CS
+# (its web-enrollment simulator) issue all of them.
+_STAMPS_TEMPLATES = {"devca", "adcs-web"}
+ACME_VALIDITY_DAYS = 90  # what the local Pebble is told to issue
+
+
+def issuable(spec: DemoCertificate, kind: str) -> bool:
+    """Whether the local CA ``kind`` can renew ``spec`` keeping its subject and SANs."""
+    kinds = set(spec.sans)
+    if kind == "acme":
+        names = spec.sans.get("dns_names", [])
+        return kinds == {"dns_names"} and not any("*" in n or not n.isascii() for n in names) \
+            and spec.subject == f"CN={names[0]}" and len(names) == 1
+    if kind == "cfssl":
+        return not kinds & {"upns", "uris", "emails"} and "DC=" not in spec.subject
+    return True
+
+
+def demo_certificates(kind: str = "devca") -> list[DemoCertificate]:
+    return [spec for spec in DEMO_CERTIFICATES if issuable(spec, kind)]
+
+
 _CURVES = {"P-256": KeyCurveName.p_256, "P-384": KeyCurveName.p_384, "P-521": KeyCurveName.p_521}
 
 
@@ -144,9 +168,10 @@ def issue(client: CertificateClient, ca: DevCA, spec: DemoCertificate, now: dt.d
     client.merge_certificate(spec.name, chain, tags={"Recipient": spec.recipients})
 
 
-def seed(client: CertificateClient, ca: DevCA, now: dt.datetime) -> None:
+def seed(client: CertificateClient, ca: DevCA, now: dt.datetime,
+         certificates: list[DemoCertificate] = DEMO_CERTIFICATES) -> None:
     """Create each demo certificate (see :func:`issue`)."""
-    for spec in DEMO_CERTIFICATES:
+    for spec in certificates:
         issue(client, ca, spec, now)
 
 
@@ -170,9 +195,11 @@ def _state(client: CertificateClient, name: str) -> dict[str, Any]:
 
 def local_config_text(state: Path, vault_port: int, identity_port: int, *,
                       templates_spec: list[TemplateSpec] = DEMO_TEMPLATES, lease: int = 60,
-                      written_by: str = "`certlc demo`", sections: str = "", emulator_tail: str = "") -> str:
-    """The local stack's certlc.toml: one vault 'demo' on the emulator and the dev CA. ``sections``
-    go before [emulator]; ``emulator_tail`` right after its keys (more keys, subscription tables)."""
+                      written_by: str = "`certlc demo`", sections: str = "", emulator_tail: str = "",
+                      ca_profile: str = "devca", ca_profiles: str = '[ca_profiles.devca]\nkind = "devca"\n') -> str:
+    """The local stack's certlc.toml: one vault 'demo' on the emulator, renewed through CA profile
+    ``ca_profile`` (``ca_profiles`` holds its table; the dev CA by default). ``sections`` go before
+    [emulator]; ``emulator_tail`` right after its keys (more keys, subscription tables)."""
     templates = "\n".join(
         "[[devca.templates]]\n" + "\n".join(
             f"{k} = {json.dumps(v)}" for k, v in t.model_dump(exclude_none=True).items()
@@ -184,11 +211,9 @@ state_dir = {json.dumps(str(state))}
 [[vaults]]
 name = "demo"
 url = "https://localhost:{vault_port}"
-ca_profile = "devca"
+ca_profile = {json.dumps(ca_profile)}
 
-[ca_profiles.devca]
-kind = "devca"
-
+{ca_profiles}
 [azure]
 ca_bundle = {json.dumps(str(state / "emulator" / "tls" / "ca.pem"))}
 managed_identity_client_id = "00000000-0000-0000-0000-00000000a001"
@@ -223,8 +248,9 @@ def event_due(spec: DemoCertificate) -> bool:
     return spec.remaining_days - SHIFT_DAYS < KEY_VAULT_WINDOW_DAYS
 
 
-def run_demo(state: Path, *, progress: Any = print, timeout: float = 180) -> dict[str, Any]:
-    """Run the whole demo in ``state``; returns the report (see ``certlc demo --json``).
+def run_demo(state: Path, *, progress: Any = print, timeout: float = 180, ca: str = "devca") -> dict[str, Any]:
+    """Run the whole demo in ``state`` renewing through the local CA ``ca`` (devca, adcs-web,
+    cfssl, acme); returns the report (see ``certlc demo --json``).
 
     Event-driven, as in production: `certlc up` starts the local stack, the vault is seeded, the
     emulator's clock moves SHIFT_DAYS ahead, Key Vault's near-expiry events reach the webhook
@@ -240,7 +266,8 @@ def run_demo(state: Path, *, progress: Any = print, timeout: float = 180) -> dic
             shutil.rmtree(target, ignore_errors=True)
         else:
             target.unlink(missing_ok=True)
-    info, procs = up(state, progress=progress, drain_interval_seconds=10)
+    certificates = demo_certificates(ca)
+    info, procs = up(state, progress=progress, drain_interval_seconds=10, ca=ca)
     try:
         os.environ.update(info.env)  # the demo's own SDK clients use the worker identity too
         config = Path(info.config)
@@ -250,15 +277,16 @@ def run_demo(state: Path, *, progress: Any = print, timeout: float = 180) -> dic
 
         reset_clients()
         client = certificate_client(settings.vault("demo"), settings)
-        ca = DevCA(settings.devca_path, settings.devca.templates, settings.devca.common_name)
+        dev = DevCA(settings.devca_path, settings.devca.templates, settings.devca.common_name)
         now = dt.datetime.now(dt.UTC)
-        progress(f"seeding vault 'demo' with {len(DEMO_CERTIFICATES)} certificates from the dev CA ...")
-        seed(client, ca, now)
-        before = {spec.name: _state(client, spec.name) for spec in DEMO_CERTIFICATES}
+        progress(f"seeding vault 'demo' with {len(certificates)} certificates issued earlier by the dev CA; "
+                 f"renewals go to CA profile {settings.vaults[0].ca_profile!r} ...")
+        seed(client, dev, now, certificates)
+        before = {spec.name: _state(client, spec.name) for spec in certificates}
         progress(f"moving the emulator's clock {SHIFT_DAYS} days ahead: Key Vault's near-expiry events follow ...")
         shifted = time.monotonic()
         set_clock_offset(state / "emulator", f"{SHIFT_DAYS}d")
-        expected = [spec.name for spec in DEMO_CERTIFICATES if event_due(spec)]
+        expected = [spec.name for spec in certificates if event_due(spec)]
         renewed_after: dict[str, float] = {}
         while len(renewed_after) < len(expected) and time.monotonic() - shifted < timeout:
             for name in expected:
@@ -267,12 +295,15 @@ def run_demo(state: Path, *, progress: Any = print, timeout: float = 180) -> dic
                     progress(f"  {name} renewed {renewed_after[name]:.1f} s after the shift")
             time.sleep(0.5)
         time.sleep(3)  # let duplicate runs (Expired after NearExpiry, the queue copy) finish
-        after = {spec.name: _state(client, spec.name) for spec in DEMO_CERTIFICATES}
+        after = {spec.name: _state(client, spec.name) for spec in certificates}
         env = {**info.env}
         progress("running a sweep (certlc sweep): nothing else should be due ...")
         second = _sweep(config, env, state / "logs" / "sweep.log")
-        final = {spec.name: _state(client, spec.name)["versions"] for spec in DEMO_CERTIFICATES}
-        return _report(before, after, final, renewed_after, second, ca, info.api, state / "logs")
+        final = {spec.name: _state(client, spec.name)["versions"] for spec in certificates}
+        report = _report(certificates, before, after, final, renewed_after, second, dev, ca, info.api,
+                         state / "logs")
+        report["ca"] = ca
+        return report
     finally:
         progress("stopping the local stack ...")
         stop_all(procs)
@@ -289,16 +320,19 @@ def _sweep(config: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
         raise CertlcError(f"the sweep failed (exit {proc.returncode}); see {log}", reason="SweepFailed") from None
 
 
-def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int], renewed_after: dict[str, float],
-            second: dict[str, Any], ca: DevCA, api: str, logs: Path) -> dict[str, Any]:
+def _report(certificates: list[DemoCertificate], before: dict[str, Any], after: dict[str, Any],
+            final: dict[str, int], renewed_after: dict[str, float], second: dict[str, Any], ca: DevCA, kind: str,
+            api: str, logs: Path) -> dict[str, Any]:
     rows = []
     now = dt.datetime.now(dt.UTC)
-    for spec in DEMO_CERTIFICATES:
+    for spec in certificates:
         old, new = before[spec.name], after[spec.name]
         o, n = old["snapshot"], new["snapshot"]
         renewed = new["versions"] == old["versions"] + 1 and n.thumbprint != o.thumbprint
         template = ca.template(spec.template)
-        validity = dt.timedelta(days=template.validity_days) if template else dt.timedelta(0)
+        # cfssl's profiles mirror the templates' validity; the local Pebble issues ACME_VALIDITY_DAYS.
+        days = ACME_VALIDITY_DAYS if kind == "acme" else (template.validity_days if template else 0)
+        validity = dt.timedelta(days=days)
         new_after = dt.datetime.fromisoformat(n.not_after.replace("Z", "+00:00"))
         rows.append({
             "name": spec.name,
@@ -315,7 +349,8 @@ def _report(before: dict[str, Any], after: dict[str, Any], final: dict[str, int]
             "new_not_after": n.not_after,
             "sans": new["sans"],
             "sans_kept": new["sans"] == old["sans"] and n.subject == o.subject,
-            "template_kept": new["template"] == old["template"],
+            # Only AD CS (and the dev CA) stamp the template; other CAs issue none to keep.
+            "template_kept": new["template"] == old["template"] if kind in _STAMPS_TEMPLATES else True,
             "key_kept": n.key == o.key,
             # The CA sets notAfter = issue time + the template's validity; the renewal ran moments ago.
             "expiry_extended_by_template": renewed and abs((new_after - now) - validity) < dt.timedelta(hours=1),

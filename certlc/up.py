@@ -24,9 +24,10 @@ from typing import Any
 
 import httpx
 
-from certlc.demo import local_config_text
+from certlc.demo import DEMO_TEMPLATES, local_config_text
 from certlc.errors import CertlcError
 from certlc.files import atomic_write, ensure_private_dir
+from certlc.localca.select import LocalCaPlan, plan_local_ca
 from certlc.stack import (
     _signal_group,
     azurite_connection_string,
@@ -96,7 +97,8 @@ def read_stack(root: Path) -> StackInfo | None:
 
 
 def write_stack_config(root: Path, *, vault_port: int, identity_port: int, webhook_port: int,
-                       queue_connection_string: str, shared_key: str, lease: int = 60) -> Path:
+                       queue_connection_string: str, shared_key: str, lease: int = 60,
+                       ca: LocalCaPlan | None = None) -> Path:
     """The local stack's certlc.toml: vault 'demo' on the emulator, the dev CA, the webhook with
     its key, the Azurite queue, and the emulator's two Event Grid subscriptions."""
     conn = json.dumps(queue_connection_string)
@@ -140,8 +142,9 @@ destination = "storage_queue"
 queue_connection_string = {conn}
 queue_name = "certlc"
 """
+    extra = {"ca_profile": ca.profile, "ca_profiles": ca.profile_toml} if ca is not None else {}
     text = local_config_text(root, vault_port, identity_port, lease=lease, sections=sections,
-                             emulator_tail=emulator_tail,
+                             emulator_tail=emulator_tail, **extra,
                              written_by="`certlc up` (it holds the webhook key: mode 0600)")
     path = root / "certlc.toml"
     atomic_write(path, text)
@@ -149,9 +152,11 @@ queue_name = "certlc"
 
 
 def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = False,
-       drain_interval_seconds: int = 10, prefect_api: str | None = None) -> tuple[StackInfo, list[subprocess.Popen[bytes]]]:
-    """Start every part; returns the stack description and the processes (stop them with
-    :func:`stop_all`). On any failure, what was started is stopped again."""
+       drain_interval_seconds: int = 10, prefect_api: str | None = None,
+       ca: str = "devca") -> tuple[StackInfo, list[subprocess.Popen[bytes]]]:
+    """Start every part, renewing through the local CA ``ca`` (see certlc.localca.select);
+    returns the stack description and the processes (stop them with :func:`stop_all`). On any
+    failure, what was started is stopped again."""
     root = ensure_private_dir(root.resolve())
     existing = read_stack(root)
     if existing is not None and any(p.running() for p in existing.parts):
@@ -167,10 +172,17 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
         parts.append(Part.of("azurite", azurite, f"tcp://127.0.0.1:{queue_port}", logs / "azurite.log"))
         _record(root, parts)
         webhook_port = free_port()
+        plan = plan_local_ca(ca, root, DEMO_TEMPLATES)
         config = write_stack_config(root, vault_port=free_port(), identity_port=free_port(),
                                     webhook_port=webhook_port,
                                     queue_connection_string=azurite_connection_string(queue_port),
-                                    shared_key=secrets.token_urlsafe(24))
+                                    shared_key=secrets.token_urlsafe(24), ca=plan)
+        if plan.kind != "devca":
+            progress(f"starting the CA ({plan.kind}) ...")
+            for started in plan.start(config, logs):
+                procs.append(started.proc)
+                parts.append(Part.of(started.name, started.proc, started.health, started.log))
+            _record(root, parts)
         progress("starting the Key Vault emulator with Event Grid delivery ...")
         emu, endpoints = start_emulator(config, root / "emulator", logs / "emulator.log", detach=detach)
         procs.append(emu)
@@ -178,7 +190,7 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
         vault_url = next(iter(endpoints["vault_urls"].values()))
         parts.append(Part.of("emulator", emu, "tcp://127.0.0.1:" + vault_url.rsplit(":", 1)[1], logs / "emulator.log"))
         _record(root, parts)
-        env = {"IDENTITY_ENDPOINT": identity, "IDENTITY_HEADER": endpoints["identity_header"],
+        env = {**plan.env, "IDENTITY_ENDPOINT": identity, "IDENTITY_HEADER": endpoints["identity_header"],
                "CERTLC_CONFIG": str(config), "PREFECT_HOME": str(root / "prefect"),
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / "results")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from cyclopts import Parameter
 
@@ -18,6 +18,9 @@ def demo(
     state_dir: Annotated[Path, Parameter(help="Where the demo keeps its state (vault, CA, Prefect).")] = Path(
         ".certlc/demo"),
     json_output: Annotated[bool, Parameter(name="--json", help="Print the report as JSON.")] = False,
+    ca: Annotated[Literal["devca", "adcs-web", "cfssl", "acme"], Parameter(
+        help="The CA that renews: the dev CA in-process, AD CS web enrollment (simulator over HTTPS), "
+             "a real cfssl serve, or a real Pebble (ACME, http-01).")] = "devca",
 ) -> None:
     """Seed a local Key Vault with expiring certificates and renew them from Key Vault's events.
 
@@ -33,11 +36,11 @@ def demo(
         print(f"certlc demo: {message}", file=sys.stderr)
 
     try:
-        report = run_demo(state_dir, progress=progress)
+        report = run_demo(state_dir, progress=progress, ca=ca)
     except CertlcError as exc:
         exit_with_error(exc.message, 1)
     if json_output:
-        print(json.dumps({"certificates": report["certificates"], "ok": report["ok"],
+        print(json.dumps({"ca": report["ca"], "certificates": report["certificates"], "ok": report["ok"],
                           "second_sweep_renewed": report["second_sweep_renewed"], "logs": report["logs"]},
                          indent=2))
     else:
@@ -49,7 +52,8 @@ def _print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"certlc demo: vault 'demo' after Key Vault's clock moved {report['shift_days']} days ahead")
+    table = Table(title=f"certlc demo: vault 'demo' after Key Vault's clock moved {report['shift_days']} days ahead, "
+                        f"renewed through {report['ca']}")
     table.add_column("certificate", no_wrap=True)
     for column in ("template", "key", "days left", "SANs kept", "expiry old → new", "thumbprint old → new", "outcome"):
         table.add_column(column, no_wrap=True)

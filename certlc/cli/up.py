@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from cyclopts import Parameter
 
@@ -25,9 +25,13 @@ def up(
     state_dir: StateDir = DEFAULT_ROOT,
     detach: Annotated[bool, Parameter(help="Start the parts and return; `certlc down` stops them.")] = False,
     drain_interval: Annotated[int, Parameter(help="Seconds between queue drains (local schedule).")] = 10,
+    ca: Annotated[Literal["devca", "adcs-web", "cfssl", "acme"], Parameter(
+        help="The CA vault 'demo' renews through: the dev CA in-process, the AD CS web enrollment "
+             "simulator (HTTPS, basic auth), a real cfssl serve, or a real Pebble (ACME).")] = "devca",
 ) -> None:
     """Start the whole local stack: Azurite, the Key Vault emulator with Event Grid delivery, a
-    Prefect server, the deployments of prefect.yaml, a worker, the webhook receiver, an SMTP sink.
+    Prefect server, the deployments of prefect.yaml, a worker, the webhook receiver, an SMTP sink,
+    and the CA chosen with --ca.
 
     Runs until Ctrl-C (or SIGTERM), then stops every part; with --detach it returns at once.
     """
@@ -38,7 +42,7 @@ def up(
         print(f"certlc up: {message}", file=sys.stderr, flush=True)
 
     try:
-        info, procs = start(state_dir, progress=progress, detach=detach, drain_interval_seconds=drain_interval)
+        info, procs = start(state_dir, progress=progress, detach=detach, drain_interval_seconds=drain_interval, ca=ca)
     except CertlcError as exc:
         exit_with_error(exc.message, 2 if exc.reason == "StackRunning" else 1)
     _print_summary(info)
