@@ -180,7 +180,8 @@ def _jwk(name: str, pem: bytes, where: str) -> tuple[jose.JWK, jose.JWASignature
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         # Never the content: it is the account key.
-        reason = "is encrypted (certlc needs an unencrypted key)" if "encrypted" in str(exc).lower() \
+        # cryptography says TypeError when the key needs a password, ValueError when it is no key.
+        reason = "is encrypted (certlc needs an unencrypted key)" if isinstance(exc, TypeError) \
             else "is not a PEM private key"
         raise ConfigError(f"CA profile {name!r}: account key {where} {reason}", reason="CaProfileInvalid") from None
     if isinstance(key, ec.EllipticCurvePrivateKey):
