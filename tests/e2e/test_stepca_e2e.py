@@ -1,8 +1,9 @@
 """ACME against a real step-ca (0.19.0, built from Debian's Go sources by
 deployments/dev/build-step-ca.sh, which .ci/run runs) with real challenge validation.
 
-step-ca has no always-valid switch: it looks dns-01 TXT records up through ``--resolver``, here
-pebble-challtestsrv (apt package pebble), whose records the tests set over its management API.
+step-ca has no always-valid switch: it looks dns-01 TXT records (and http-01 addresses) up through
+``--resolver``: pebble-challtestsrv (apt pebble), whose TXT records the raw-ACME tests set over its
+management API, or BIND (apt bind9), which certlc's ACME connector updates over RFC 2136.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import json
 import os
 import shutil
 import ssl
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import josepy as jose
@@ -26,8 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from certlc.ca import CAConnector, Disposition, DispositionStatus, SigningRequest, connector_for
+from certlc.config import load_settings
+from certlc.errors import TransientError
+from certlc.localca.bind import BindNotFound, Named, start_named
+from certlc.localca.pebble import ChallTestSrv, start_challtestsrv
 from certlc.localca.stepca import StepCA, StepCANotFound, find_step_ca, start_step_ca
-from certlc.stack import free_port, stop_process, wait_until
+from certlc.stack import free_port
 
 
 def _have_step_ca() -> bool:
@@ -51,43 +56,17 @@ pytestmark = [
 VALIDITY_HOURS = 720  # not step-ca's 24 h default: proves the configured claims are applied
 
 
-@dataclass
-class ChallTestSrv:
-    dns: str  # host:port of its DNS server (every A query answers 127.0.0.1)
-    management: str  # http://host:port
-    proc: subprocess.Popen[bytes]
-
-    def set_txt(self, name: str, value: str) -> None:
-        httpx.post(f"{self.management}/set-txt", json={"host": f"_acme-challenge.{name}.", "value": value},
-                   timeout=5).raise_for_status()
-
-    def clear_txt(self, name: str) -> None:
-        httpx.post(f"{self.management}/clear-txt", json={"host": f"_acme-challenge.{name}."},
-                   timeout=5).raise_for_status()
-
-
 @pytest.fixture(scope="module")
 def challtestsrv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChallTestSrv]:
-    binary = shutil.which("pebble-challtestsrv")
-    assert binary, "pebble-challtestsrv is missing: .ci/run installs it with apt-get install pebble"
-    log = tmp_path_factory.mktemp("challtestsrv") / "challtestsrv.log"
-    http01, dns01, management = free_port(), free_port(), free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [binary, "-http01", f"127.0.0.1:{http01}", "-https01", "", "-tlsalpn01", "",
-             "-dns01", f"127.0.0.1:{dns01}", "-management", f"127.0.0.1:{management}"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    server = ChallTestSrv(f"127.0.0.1:{dns01}", f"http://127.0.0.1:{management}", proc)
-    # The management API answers 404 on "/" once it is up; any answer will do.
-    wait_until(proc, lambda: httpx.get(server.management, timeout=1).status_code > 0, "pebble-challtestsrv",
-               log, 10)
+    """pebble-challtestsrv as step-ca's DNS: every A query answers 127.0.0.1, TXT records as set."""
+    server = start_challtestsrv(tmp_path_factory.mktemp("challtestsrv"))
     yield server
-    stop_process(proc)
+    server.stop()
 
 
 @pytest.fixture(scope="module")
 def step_ca(tmp_path_factory: pytest.TempPathFactory, challtestsrv: ChallTestSrv) -> Iterator[StepCA]:
-    ca = start_step_ca(tmp_path_factory.mktemp("step-ca"), resolver=challtestsrv.dns,
+    ca = start_step_ca(tmp_path_factory.mktemp("step-ca"), resolver=challtestsrv.dns_server,
                        validity_hours=VALIDITY_HOURS)
     yield ca
     ca.stop()
@@ -141,18 +120,18 @@ def test_raw_acme_dns01_is_validated_for_real_and_issues(step_ca: StepCA, challt
             name = authz.body.identifier.value
             # Wrong value first: step-ca 0.19 looks it up at once, records the error and leaves
             # the challenge pending (it may be answered again), so the order cannot be finalized.
-            challtestsrv.set_txt(name, "not-the-key-authorization-digest")
+            challtestsrv.set_txt(f"_acme-challenge.{name}.", "not-the-key-authorization-digest")
             answered = acme.answer_challenge(chall, chall.response(account_key))
             assert answered.body.status == messages.STATUS_PENDING
             assert answered.body.error is not None and "rejectedIdentifier" in answered.body.error.typ
-            challtestsrv.clear_txt(name)
-            challtestsrv.set_txt(name, chall.validation(account_key))
+            challtestsrv.clear_txt(f"_acme-challenge.{name}.")
+            challtestsrv.set_txt(f"_acme-challenge.{name}.", chall.validation(account_key))
             answered = acme.answer_challenge(chall, chall.response(account_key))
             assert answered.body.status == messages.STATUS_VALID, answered.body.error
         order = acme.poll_and_finalize(order, deadline=dt.datetime.now() + dt.timedelta(seconds=30))
     finally:
         for name in names:
-            challtestsrv.clear_txt(name)
+            challtestsrv.clear_txt(f"_acme-challenge.{name}.")
 
     leaf, *chain = _split_pem(order.fullchain_pem)
     assert chain == [step_ca.intermediate]
@@ -204,3 +183,108 @@ def test_jwk_provisioner_signs_with_a_one_time_token(tmp_path_factory: pytest.Te
         _verify_chain(ca, leaf, [ca.intermediate], name)
         replay = httpx.post(f"{ca.url}/1.0/sign", json={"csr": csr_pem, "ott": ott}, verify=trust, timeout=10)
         assert replay.status_code == 401
+
+
+# --- certlc's ACME connector (kind "acme") against step-ca ---------------------------------------
+#
+# How step-ca 0.19 validates, and what the tests therefore use:
+# * http-01: step-ca always fetches http://<name>:80/.well-known/acme-challenge/<token>; 0.19 has
+#   no setting for another port (not in the ACME provisioner, not in the authority config) and its
+#   HTTP client ignores proxy variables. challtestsrv (its resolver) answers 127.0.0.1 for every
+#   name, so the connector's built-in responder must listen on 127.0.0.1:80: root (CI) or a lowered
+#   net.ipv4.ip_unprivileged_port_start; otherwise that test skips.
+# * dns-01: the connector's RFC 2136 solver updates a BIND primary (apt bind9, installed by
+#   .ci/run) with a TSIG key, and a second step-ca resolves through that BIND. No port 80 needed.
+# * A failed validation in step-ca 0.19 leaves the challenge *pending* with an error (it is never
+#   marked invalid), so the connector sees no ChallengeFailed: its poll runs to timeout_seconds and
+#   it raises TransientError ValidationTimeout.
+
+CONNECTOR_NAMES = ["api.stepca.test", "portal.stepca.test"]
+
+
+def _can_bind_port_80() -> bool:
+    if os.geteuid() == 0:
+        return True
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 80
+    except (OSError, ValueError):
+        return False
+
+
+def _acme_connector(tmp_path: Path, ca: StepCA, name: str = "stepca", **options: object) -> CAConnector:
+    settings = load_settings(state_dir=str(tmp_path / "state"), ca_profiles={
+        name: {"kind": "acme", "endpoint": ca.directory_url,
+               "options": {"email": "ops@example.test", "ca_bundle": str(ca.root_pem), **options}},
+    })
+    return connector_for(name, settings)
+
+
+def _assert_issued_by_step_ca(result: Disposition, ca: StepCA, key: ec.EllipticCurvePrivateKey,
+                              names: list[str]) -> None:
+    assert result.status is DispositionStatus.ISSUED, result
+    assert result.certificate_pem is not None
+    leaf = x509.load_pem_x509_certificate(result.certificate_pem.encode())
+    chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in result.chain_pem]
+    assert leaf.public_key() == key.public_key()  # the key Key Vault holds, nothing else
+    assert chain == [ca.intermediate]  # leaf first (separately), then step-ca's intermediate
+    assert sorted(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)) == sorted(names)
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert abs(lifetime - ca.validity) < dt.timedelta(minutes=5), lifetime
+    assert result.request_id.startswith(f"{ca.url}/acme/acme/order/")
+    _verify_chain(ca, leaf, chain, names[0])
+
+
+@pytest.mark.skipif(not _can_bind_port_80(), reason="http-01 against step-ca needs 127.0.0.1:80 (root)")
+def test_connector_http01_with_the_built_in_responder_on_port_80(step_ca: StepCA, tmp_path: Path) -> None:
+    connector = _acme_connector(tmp_path, step_ca, challenge="http-01", http_listen="127.0.0.1:80",
+                                timeout_seconds=30)
+    assert connector.check().ok
+    csr_pem, key = _csr(CONNECTOR_NAMES)
+    result = connector.submit(SigningRequest(csr_pem, "", vault="demo", certificate="api"))
+    _assert_issued_by_step_ca(result, step_ca, key, CONNECTOR_NAMES)
+
+
+def test_connector_http01_answered_elsewhere_than_port_80_times_out(step_ca: StepCA, tmp_path: Path) -> None:
+    """The responder on another port: step-ca 0.19 dials port 80, records the failure and leaves
+    the challenge pending, so the connector gives up after timeout_seconds as a transient error."""
+    connector = _acme_connector(tmp_path, step_ca, challenge="http-01", http_listen=f"127.0.0.1:{free_port()}",
+                                timeout_seconds=3)
+    csr_pem, _ = _csr(["elsewhere.stepca.test"])
+    with pytest.raises(TransientError) as raised:
+        connector.submit(SigningRequest(csr_pem, "", vault="demo", certificate="elsewhere"))
+    assert raised.value.reason == "ValidationTimeout", raised.value
+
+
+ZONE = "stepca.test"
+
+
+@pytest.fixture(scope="module")
+def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Named]:
+    """BIND as the primary for stepca.test (every name A 127.0.0.1), TXT updates with a TSIG key."""
+    try:
+        named = start_named(tmp_path_factory.mktemp("bind"), zone=ZONE, key_name="certlc-stepca")
+    except BindNotFound:
+        if os.geteuid() != 0:
+            pytest.skip("BIND is not installed (apt-get install bind9 bind9-utils)")
+        raise  # CI: .ci/run installs bind9
+    yield named
+    named.stop()
+
+
+@pytest.fixture(scope="module")
+def step_ca_on_bind(tmp_path_factory: pytest.TempPathFactory, bind: Named) -> Iterator[StepCA]:
+    ca = start_step_ca(tmp_path_factory.mktemp("step-ca-bind"), resolver=bind.server, validity_hours=VALIDITY_HOURS)
+    yield ca
+    ca.stop()
+
+
+def test_connector_dns01_through_rfc2136_to_bind(step_ca_on_bind: StepCA, bind: Named, tmp_path: Path) -> None:
+    names = [f"db.{ZONE}", f"*.apps.{ZONE}"]  # dns-01 also validates a wildcard
+    connector = _acme_connector(tmp_path, step_ca_on_bind, challenge="dns-01", dns_provider="rfc2136",
+                                rfc2136_server=bind.server, rfc2136_tsig_secret_file=str(bind.key_file),
+                                timeout_seconds=30)
+    assert connector.check().ok
+    csr_pem, key = _csr(names)
+    result = connector.submit(SigningRequest(csr_pem, "", vault="demo", certificate="db"))
+    _assert_issued_by_step_ca(result, step_ca_on_bind, key, names)
