@@ -118,7 +118,7 @@ def issuable(spec: DemoCertificate, kind: str) -> bool:
     if kind == "acme":
         names = spec.sans.get("dns_names", [])
         return kinds == {"dns_names"} and not any("*" in n or not n.isascii() for n in names) \
-            and spec.subject == f"CN={names[0]}" and len(names) == 1
+            and spec.subject.startswith("CN=") and spec.subject[3:] in names and "," not in spec.subject
     if kind == "cfssl":
         return not kinds & {"upns", "uris", "emails"} and "DC=" not in spec.subject
     return True

@@ -353,7 +353,7 @@ def test_an_unreadable_config_file_is_one_clear_line(stack: Stack, tmp_path: Pat
 
 # `make demo CA=...`: one value picks the CA; each run starts that CA's real server (the AD CS
 # web-enrollment simulator over HTTPS, cfssl serve, Pebble) and renews through its connector.
-@pytest.mark.parametrize(("ca", "least"), [("devca", 9), ("adcs-web", 9), ("cfssl", 7), ("acme", 2)])
+@pytest.mark.parametrize(("ca", "least"), [("devca", 9), ("adcs-web", 9), ("cfssl", 7), ("acme", 3)])
 def test_demo_renews_every_due_certificate_and_nothing_else(stack: Stack, tmp_path: Path, ca: str,
                                                             least: int) -> None:
     proc = stack.certlc("demo", "--json", "--state-dir", str(tmp_path / "demo"), "--ca", ca, timeout=1200)
