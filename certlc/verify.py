@@ -27,8 +27,14 @@ def verify_issued(
     *,
     now: dt.datetime | None = None,
     skew: dt.timedelta = dt.timedelta(minutes=10),
+    subject_from_names: bool = False,
 ) -> list[x509.Certificate]:
-    """The issued certificate and its chain, leaf first, or TerminalError saying what is wrong."""
+    """The issued certificate and its chain, leaf first, or TerminalError saying what is wrong.
+
+    ``subject_from_names``: the CA writes the subject itself from the validated names (ACME: a CN
+    that is one of the SANs, or no subject at all, as Let's Encrypt's newer profiles issue), so
+    the subject need not equal the old one; the SANs still must cover the old certificate's.
+    """
     now = now or dt.datetime.now(dt.UTC)
     ctx = {"vault": snapshot.vault, "certificate": snapshot.name}
     try:
@@ -44,7 +50,9 @@ def verify_issued(
         raise TerminalError(
             "the CA returned a certificate whose public key is not the pending request's key",
             reason="PublicKeyMismatch", **ctx)
-    if leaf.subject.rfc4514_string() != snapshot.subject:
+    if subject_from_names:
+        _check_name_subject(leaf, snapshot, ctx)
+    elif leaf.subject.rfc4514_string() != snapshot.subject:
         raise TerminalError(
             f"the issued subject {leaf.subject.rfc4514_string()!r} is not the old {snapshot.subject!r}",
             reason="SubjectMismatch", **ctx)
@@ -71,3 +79,15 @@ def verify_issued(
             chain.append(cert)
             current = cert
     return chain
+
+
+def _check_name_subject(leaf: x509.Certificate, snapshot: CertificateSnapshot, ctx: dict[str, str]) -> None:
+    """A CA-written subject: nothing but CNs, each one of the certificate's own DNS names."""
+    names = {n.lower() for n in san_strings(leaf)}
+    for attribute in leaf.subject:
+        value = str(attribute.value).lower()
+        if attribute.oid != x509.NameOID.COMMON_NAME or (f"dns:{value}" not in names
+                                                         and f"ip:{value}" not in names):
+            raise TerminalError(
+                f"the issued subject {leaf.subject.rfc4514_string()!r} names more than the certificate's "
+                f"validated names (old subject {snapshot.subject!r})", reason="SubjectMismatch", **ctx)

@@ -110,7 +110,7 @@ def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
         if disposition.status is not DispositionStatus.ISSUED:
             outcome = _outcome_for(snapshot, template, pending, disposition)
         else:
-            merged = stored(merge)(current["snapshot"], pending, disposition.to_dict())
+            merged = stored(merge)(current["snapshot"], pending, disposition.to_dict(), current["ca_profile"])
             outcome = Outcome(
                 vault=snapshot.vault, name=snapshot.name,
                 outcome="AlreadyRenewed" if merged["already_merged"] else "Renewed",

@@ -220,3 +220,20 @@ def test_a_damaged_denial_record_does_not_block_renewal(tmp_path: Path) -> None:
                       at="2026-12-01T00:00:00Z"))
     next(tmp_path.glob("*.json")).write_text("{not json")
     assert log.blocking("v", "c", "1", "T", "p", dt.timedelta(days=1)) is None
+
+
+def test_an_acme_subject_may_be_any_validated_name_but_nothing_else(ca: DevCA) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    snap = snapshot(subject="CN=a.example,O=Contoso", sans=["DNS:a.example", "DNS:b.example"])
+    names = [x509.DNSName("a.example"), x509.DNSName("b.example")]
+    csr = make_csr(key, "b.example", names)  # the CA put the other name in the CN
+    leaf, chain = issue(ca, csr)
+    with pytest.raises(TerminalError) as info:
+        verify_issued(leaf, chain, csr.public_bytes(PEM).decode(), snap)
+    assert info.value.reason == "SubjectMismatch"  # AD CS, cfssl: the subject must stay the same
+    assert verify_issued(leaf, chain, csr.public_bytes(PEM).decode(), snap, subject_from_names=True)
+    stranger = make_csr(key, "evil.example", names)
+    leaf, chain = issue(ca, stranger)
+    with pytest.raises(TerminalError, match="names more than") as info:
+        verify_issued(leaf, chain, stranger.public_bytes(PEM).decode(), snap, subject_from_names=True)
+    assert info.value.reason == "SubjectMismatch"
