@@ -64,7 +64,10 @@ def check(
         checks: list[dict[str, str]] = []
         skipped = ""
         check_templates = getattr(connector, "check_templates", None)
-        if not templates:
+        if not getattr(connector, "uses_templates", True):  # ACME: the order, not a template, decides
+            templates = list(template or [])
+            skipped = f"the {item.kind} CA issues without templates" if templates else ""
+        elif not templates:
             skipped = "no template named (give --template, or set the profile's default_template or template_map)"
         elif problems:  # said once here, not once per template
             skipped = "skipped until the CA problem above is fixed"

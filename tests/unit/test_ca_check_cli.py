@@ -184,3 +184,21 @@ def test_a_kind_without_template_checks_says_so(tmp_path: Path, monkeypatch: pyt
         "dev (devca): OK",
         "  templates not checked (WebServer): the devca connector cannot list templates, so they could not be checked",
     ]
+
+
+class _TemplateLess(_NoTemplateChecks):
+    uses_templates = False  # as the ACME connector declares
+
+
+def test_a_ca_without_templates_checks_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    for name in [k for k in os.environ if k.startswith("CERTLC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr("certlc.ca.connector_for", lambda name, settings: _TemplateLess())
+    config = write(tmp_path, free_port())
+    with pytest.raises(SystemExit) as caught:
+        check("dev", config=config)
+    assert caught.value.code == 0 and capsys.readouterr().out.splitlines() == ["dev (devca): OK"]
+    with pytest.raises(SystemExit):
+        check("dev", template=["X"], config=config)
+    assert "templates not checked (X): the devca CA issues without templates" in capsys.readouterr().out
