@@ -18,6 +18,7 @@ import ipaddress
 import json
 import os
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,7 @@ class Pebble:
         """The issuing roots: the default chain's first, then each alternate chain's."""
         found = []
         for index in range(self.alternate_roots + 1):
-            pem = httpx.get(f"{self.management_url}/roots/{index}", verify=str(self.ca_bundle), timeout=5)
+            pem = httpx.get(f"{self.management_url}/roots/{index}", verify=_trust(self.ca_bundle), timeout=5)
             pem.raise_for_status()
             found.append(x509.load_pem_x509_certificate(pem.content))
         return found
@@ -117,6 +118,10 @@ class ChallTestSrv:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _trust(ca_bundle: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_bundle))
 
 
 def _localhost_tls(folder: Path) -> tuple[Path, Path, Path]:
@@ -213,9 +218,10 @@ def start_pebble(
     log = work / "pebble.log"
     proc = _spawn(cmd, log, variables)
     directory_url = f"https://127.0.0.1:{port}/dir"
+    trust = _trust(ca_bundle)
 
     def ready() -> bool:
-        return httpx.get(directory_url, verify=str(ca_bundle), timeout=2).status_code == 200
+        return httpx.get(directory_url, verify=trust, timeout=2).status_code == 200
 
     wait_until(proc, ready, "pebble", log, timeout)
     return Pebble(work, directory_url, f"https://127.0.0.1:{management_port}", ca_bundle, http_port, tls_port,
