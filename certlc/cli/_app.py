@@ -30,7 +30,7 @@ app.command("certlc.cli.up:ps", name="ps", help="Show the local stack's parts: r
 app.command("certlc.cli.emulator:emulator_clock", name="emulator-clock",
             help="Show or shift a running emulator's clock (certificates reach Event Grid's expiry windows).")
 ca = App(name="ca", help="CA profiles: preflight checks.")
-ca.command("certlc.cli.ca:check", name="check", help="Check that a CA profile is usable (reachable, authenticated).")
+ca.command("certlc.cli.ca:check", name="check", help="Check that a CA profile is usable (reachable, authenticated, templates exist and may be enrolled).")
 app.command(ca)
 app.command("certlc.cli.demo:demo", name="demo",
             help="Seed a local Key Vault with expiring certificates and renew them through Prefect.")
