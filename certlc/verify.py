@@ -16,7 +16,11 @@ from certlc.errors import TerminalError
 from certlc.vault import CertificateSnapshot, expected_san_set, normalised_sans
 from certlc.x509 import find_by_public_key, load_certificates, load_csr, order_chain, san_strings
 
-__all__ = ["verify_issued"]
+__all__ = ["REFUSED_RESPONSE", "verify_issued"]
+
+# The reasons verify_issued refuses a CA's answer with: the CA issued, but not what was asked.
+REFUSED_RESPONSE = frozenset({"CertificateUnreadable", "PublicKeyMismatch", "SubjectMismatch", "SanMismatch",
+                              "IssuedExpired", "IssuedNotYetValid"})
 
 
 def verify_issued(

@@ -9,10 +9,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from certlc.ca import Disposition, DispositionStatus
-from certlc.denials import Denial, denial_message
-from certlc.errors import CertlcError
+from certlc.denials import Denial, denial_log, denial_message
+from certlc.errors import CertlcError, TerminalError
 from certlc.renewal import Outcome
 from certlc.vault import CertificateSnapshot
+from certlc.verify import REFUSED_RESPONSE
 from tasks._policy import current_settings, stored
 from tasks.create_csr import create_csr, discard_csr
 from tasks.denial import record_denial
@@ -66,6 +67,20 @@ def _report_failure(vault: str, name: str, exc: CertlcError, snapshot: Certifica
     stored(log_outcome)(outcome.to_dict())
 
 
+def _held_back(snapshot: CertificateSnapshot, template: str, denial: Denial, window: dt.timedelta) -> dict[str, Any]:
+    """A renewal not attempted because the CA denied it, or its answer was refused, recently."""
+    message = denial_message(denial, window)
+    get_run_logger().warning("%s/%s: not submitted: %s", snapshot.vault, snapshot.name, message)
+    denied = denial.kind == "denied"
+    outcome = Outcome(vault=snapshot.vault, name=snapshot.name, outcome="Denied" if denied else "Failed",
+                      reason="DeniedBefore" if denied else "ResponseRefusedBefore", message=message,
+                      old_version=snapshot.version, old_thumbprint=snapshot.thumbprint,
+                      old_not_after=snapshot.not_after, template=template,
+                      ca_request_id=denial.ca_request_id or None, kv_request_id=denial.kv_request_id or None)
+    stored(log_outcome)(outcome.to_dict())
+    return outcome.to_dict()
+
+
 def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
     logger = get_run_logger()
     try:
@@ -81,20 +96,23 @@ def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
         return Outcome(vault=snapshot.vault, name=snapshot.name, outcome="NotDue", reason=current["due_reason"],
                        old_version=snapshot.version, old_thumbprint=snapshot.thumbprint,
                        old_not_after=snapshot.not_after, template=template).to_dict()
+    window = dt.timedelta(hours=current_settings().renewal.denied_retry_hours)
     if current.get("denied_before") and not force:
         # Denied recently for this very version, template and CA: the owners were told then.
         # Asking again now would only repeat the denial (and the e-mail); the log says why not.
-        denial = Denial(**current["denied_before"])
-        window = dt.timedelta(hours=current_settings().renewal.denied_retry_hours)
-        logger.warning("%s/%s: not submitted: %s", snapshot.vault, snapshot.name, denial_message(denial, window))
-        outcome = Outcome(vault=snapshot.vault, name=snapshot.name, outcome="Denied", reason="DeniedBefore",
-                          message=denial_message(denial, window), old_version=snapshot.version,
-                          old_thumbprint=snapshot.thumbprint, old_not_after=snapshot.not_after, template=template,
-                          ca_request_id=denial.ca_request_id or None)
-        stored(log_outcome)(outcome.to_dict())
-        return outcome.to_dict()
+        return _held_back(snapshot, template, Denial.from_dict(current["denied_before"]), window)
     try:
         pending = stored(create_csr)(current["snapshot"])
+        refusals = denial_log(current_settings().results_path)
+        refused = refusals.find(snapshot.vault, snapshot.name, snapshot.version, template, current["ca_profile"],
+                                kind="refused", kv_request_id=pending["request_id"])
+        if refused is not None and force:
+            # Start over: the cached submission answered this CSR, so a new CSR means a new one.
+            stored(discard_csr)(current["snapshot"], pending)
+            refusals.forget(refused)
+            pending = stored(create_csr).with_options(refresh_cache=True)(current["snapshot"])
+        elif refused is not None and refused.retry_at(window) > dt.datetime.now(dt.UTC):
+            return _held_back(snapshot, template, refused, window)
         disposition = Disposition.from_dict(
             stored(submit_to_ca)(current["snapshot"], pending, template, current["ca_profile"]))
         if disposition.status is DispositionStatus.PENDING:
@@ -110,7 +128,14 @@ def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
         if disposition.status is not DispositionStatus.ISSUED:
             outcome = _outcome_for(snapshot, template, pending, disposition)
         else:
-            merged = stored(merge)(current["snapshot"], pending, disposition.to_dict(), current["ca_profile"])
+            try:
+                merged = stored(merge)(current["snapshot"], pending, disposition.to_dict(), current["ca_profile"])
+            except TerminalError as exc:
+                if exc.reason in REFUSED_RESPONSE:  # keep the pending operation; tell once per window
+                    stored(record_denial)(current["snapshot"], template, current["ca_profile"],
+                                          {"request_id": disposition.request_id, "message": exc.message},
+                                          "refused", pending["request_id"])
+                raise
             outcome = Outcome(
                 vault=snapshot.vault, name=snapshot.name,
                 outcome="AlreadyRenewed" if merged["already_merged"] else "Renewed",

@@ -228,6 +228,9 @@ class AcmeConnector:
 
     # ACME certifies names, not templates: the renewal layer does not demand a template.
     uses_templates = False
+    # The CA writes the subject from the validated names (a CN among them, or none at all): merge
+    # checks the names, not subject equality (certlc.verify).
+    subject_from_names = True
 
     def __init__(
         self,

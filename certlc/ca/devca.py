@@ -35,12 +35,15 @@ from certlc.files import atomic_write
 from certlc.x509.templates import TEMPLATE_NAME_OID, TEMPLATE_V2_OID, encode_template_name, encode_template_v2
 from certlc.x509.usage import key_usage
 
-__all__ = ["OFFLINE_FILE", "DevCA", "DevCAConnector", "from_profile"]
+__all__ = ["DROP_SANS_FILE", "OFFLINE_FILE", "DevCA", "DevCAConnector", "from_profile"]
 
 APPLICATION_POLICIES_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.21.10")
 # AD CS backdates notBefore by ten minutes to absorb clock skew between CA and clients.
 BACKDATE = dt.timedelta(minutes=10)
 OFFLINE_FILE = "OFFLINE"
+# While <devca state>/DROP_SANS exists the CA ignores the request's SANs, as AD CS does for a template
+# set to "Build from this Active Directory information": rehearses a CA answer merge must refuse.
+DROP_SANS_FILE = "DROP_SANS"
 
 # The texts AD CS puts in its disposition messages, so operators see familiar words.
 UNSUPPORTED_TEMPLATE = (
@@ -183,8 +186,10 @@ class DevCA:
         *,
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
+        drop_sans: bool = False,
     ) -> x509.Certificate:
-        """Issue a certificate for ``csr`` with ``template``. Validity may be forced (seeding demos)."""
+        """Issue a certificate for ``csr`` with ``template``. Validity may be forced (seeding demos);
+        ``drop_sans`` leaves the request's SANs out (see DROP_SANS_FILE)."""
         self.ensure()
         assert self._issuing is not None
         if not csr.is_signature_valid:
@@ -221,7 +226,8 @@ class DevCA:
             )
         try:
             san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            builder = builder.add_extension(san.value, critical=san.critical)
+            if not drop_sans:
+                builder = builder.add_extension(san.value, critical=san.critical)
         except x509.ExtensionNotFound:
             pass
         if template.schema_version == 1:
@@ -323,7 +329,7 @@ class DevCAConnector:
             self.ca.record(request_id, record)
             return Disposition(DispositionStatus.PENDING, request_id, reason="Pending",
                                message=TAKEN_UNDER_SUBMISSION)
-        cert = self.ca.sign(csr, template)
+        cert = self.ca.sign(csr, template, drop_sans=(self.ca.state_dir / DROP_SANS_FILE).exists())
         record["decision"] = "issued"
         record["certificate_pem"] = cert.public_bytes(serialization.Encoding.PEM).decode()
         self.ca.record(request_id, record)

@@ -255,6 +255,35 @@ def test_a_denied_request_is_reported_and_changes_nothing(stack: Stack) -> None:
     assert stack.versions("refused") == versions
 
 
+def test_a_wrong_answer_from_the_ca_is_refused_told_once_and_its_pending_operation_kept(stack: Stack) -> None:
+    stack.seed("lossy", template="WebServer", remaining_days=3, lifetime_days=365,
+               dns=["lossy.example", "www.lossy.example"])
+    versions = stack.versions("lossy")
+    requests = stack.settings.devca_path / "requests"
+    switch = stack.settings.devca_path / "DROP_SANS"  # the CA ignores the request's SANs
+    switch.touch()
+    try:
+        first = stack.certlc("renew", "demo", "lossy", "--json")
+        assert first.returncode == 1 and "lacks SANs of the old one" in first.stderr, first.stderr[-3000:]
+        operation = stack.client().get_certificate_operation("lossy")  # kept for a correct certificate
+        asked = len(list(requests.glob("*.json")))
+        again = stack.certlc("renew", "demo", "lossy", "--json")
+        assert again.returncode == 1, again.stderr[-3000:]
+        outcome = json.loads(again.stdout)
+        assert outcome["outcome"] == "Failed" and outcome["reason"] == "ResponseRefusedBefore", outcome
+        assert "certlc renew --force" in outcome["message"]
+        assert len(list(requests.glob("*.json"))) == asked  # neither the CA asked again ...
+        assert stack.client().get_certificate_operation("lossy").request_id == operation.request_id  # ... nor a new CSR
+        assert stack.versions("lossy") == versions  # and nothing merged
+    finally:
+        switch.unlink()
+    forced = stack.certlc("renew", "demo", "lossy", "--force", "--json")  # start over with a new CSR
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert json.loads(forced.stdout)["outcome"] == "Renewed"
+    assert stack.versions("lossy") == versions + 1
+    assert len(list(requests.glob("*.json"))) == asked + 1
+
+
 def test_duplicate_and_concurrent_renewals_make_exactly_one_new_version(stack: Stack) -> None:
     stack.seed("dup", template="WebServerShort", remaining_days=4, lifetime_days=90)
     versions = stack.versions("dup")
