@@ -8,7 +8,6 @@ profile is refused rather than signed with a default policy.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import secrets
 import shutil
@@ -18,13 +17,14 @@ from pathlib import Path
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certlc.config import TemplateSpec
 from certlc.errors import CertlcError
 from certlc.files import PRIVATE_FILE_MODE, atomic_write
+from certlc.localca.tls import self_signed_ca
 from certlc.stack import _spawn, free_port, wait_until
 
 __all__ = ["LocalCfssl", "cfssl_profiles", "start_cfssl"]
@@ -63,18 +63,8 @@ def _ca(folder: Path) -> Path:
     if ca_pem.exists() and (folder / "ca-key.pem").exists():
         return ca_pem
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certlc local cfssl CA"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certlc")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=10))
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = self_signed_ca(key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certlc local cfssl CA"),
+                                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certlc")]))
     # cfssl 1.2 reads "EC PRIVATE KEY" (traditional) reliably; PKCS#8 EC support came later.
     atomic_write(folder / "ca-key.pem", key.private_bytes(serialization.Encoding.PEM,
                                                           serialization.PrivateFormat.TraditionalOpenSSL,

@@ -13,8 +13,6 @@ Pebble keeps everything in memory and makes new issuing roots on every start: fe
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -26,11 +24,9 @@ from types import TracebackType
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certlc.errors import CertlcError
+from certlc.localca.tls import localhost_tls
 from certlc.stack import free_port, stop_process, wait_until
 
 __all__ = ["ChallTestSrv", "Pebble", "PebbleNotFound", "start_challtestsrv", "start_pebble"]
@@ -124,42 +120,6 @@ def _trust(ca_bundle: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_bundle))
 
 
-def _localhost_tls(folder: Path) -> tuple[Path, Path, Path]:
-    """A TLS CA and a ``localhost``/127.0.0.1 certificate signed by it: (ca, cert, key) paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pebble local TLS root")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=3650))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=825))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    paths = folder / "tls-ca.pem", folder / "cert.pem", folder / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(pem))
-    paths[1].write_bytes(cert.public_bytes(pem))
-    fd = os.open(paths[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
-    return paths
-
-
 def start_pebble(
     workdir: str | os.PathLike[str],
     *,
@@ -187,7 +147,8 @@ def start_pebble(
     binary = _binary("pebble")
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    ca_bundle, cert, key = _localhost_tls(work / "tls")
+    tls = localhost_tls(work / "tls", "pebble")
+    ca_bundle, cert, key = tls.ca_pem, tls.cert_pem, tls.key_pem
     port, management_port = port or free_port(), management_port or free_port()
     config: dict[str, object] = {
         "listenAddress": f"127.0.0.1:{port}",

@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certlc.files import PRIVATE_FILE_MODE, atomic_write
 
-__all__ = ["LocalTls", "localhost_tls"]
+__all__ = ["LocalTls", "localhost_tls", "self_signed_ca"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,20 @@ class LocalTls:
     ca_pem: Path  # what clients trust (a CA profile's ca_bundle)
     cert_pem: Path
     key_pem: Path  # unencrypted, mode 0600
+
+
+def self_signed_ca(key: ec.EllipticCurvePrivateKey, name: x509.Name, days: int = 3650) -> x509.Certificate:
+    """A root CA certificate for ``key``: may sign certificates (path length 0), valid ``days``."""
+    now = dt.datetime.now(dt.UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=10))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
 
 
 def localhost_tls(folder: Path, label: str) -> LocalTls:
@@ -32,16 +46,8 @@ def localhost_tls(folder: Path, label: str) -> LocalTls:
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{label} local TLS root")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=3650))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = self_signed_ca(ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{label} local TLS root")]))
+    ca_name = ca.subject
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
