@@ -487,6 +487,20 @@ class AcmeConnector:
                                 f"{self.profile!r} answers dns-01", reason="ChallengeUnsupported")
         return csr
 
+    @staticmethod
+    def _challenge_errors(client: Any, order: Any) -> list[str]:
+        """The errors a CA attached to challenges it still calls pending (best effort)."""
+        found: list[str] = []
+        for authz in order.authorizations:
+            try:
+                fresh, _ = client.poll(authz)
+            except Exception:  # noqa: S112 - only a better message is at stake; the timeout stands
+                continue
+            for challb in fresh.body.challenges:
+                if getattr(challb, "error", None) is not None:
+                    found.append(f"{_identifier_text(fresh)} ({challb.chall.typ}): {_detail(challb.error)}")
+        return found
+
     def _authorize(self, client: Any, order: Any, deadline: dt.datetime) -> Any:
         """Answer every pending authorization with the solver; cleanup runs whatever happens."""
         work: list[tuple[Any, Challenge]] = []
@@ -508,6 +522,12 @@ class AcmeConnector:
             try:
                 return client.poll_authorizations(order, deadline)
             except acme_errors.TimeoutError:
+                # step-ca (0.19) never marks a failed challenge invalid: it stays pending with the
+                # error attached. An error there is a failed validation, not a slow CA.
+                failed = self._challenge_errors(client, order)
+                if failed:
+                    raise TerminalError(f"the ACME CA could not validate {'; '.join(failed)}",
+                                        reason="ChallengeFailed") from None
                 names = ", ".join(c.identifier for c in prepared)
                 raise TransientError(f"the ACME CA did not finish validating {names} within {self.timeout:g} s "
                                      "(timeout_seconds)", reason="ValidationTimeout") from None

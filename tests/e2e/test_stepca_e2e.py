@@ -28,7 +28,7 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from certlc.ca import CAConnector, Disposition, DispositionStatus, SigningRequest, connector_for
 from certlc.config import load_settings
-from certlc.errors import TransientError
+from certlc.errors import TerminalError
 from certlc.localca.bind import BindNotFound, Named, start_named
 from certlc.localca.pebble import ChallTestSrv, start_challtestsrv
 from certlc.localca.stepca import StepCA, StepCANotFound, find_step_ca, start_step_ca
@@ -196,8 +196,8 @@ def test_jwk_provisioner_signs_with_a_one_time_token(tmp_path_factory: pytest.Te
 # * dns-01: the connector's RFC 2136 solver updates a BIND primary (apt bind9, installed by
 #   .ci/run) with a TSIG key, and a second step-ca resolves through that BIND. No port 80 needed.
 # * A failed validation in step-ca 0.19 leaves the challenge *pending* with an error (it is never
-#   marked invalid), so the connector sees no ChallengeFailed: its poll runs to timeout_seconds and
-#   it raises TransientError ValidationTimeout.
+#   marked invalid): the connector's poll runs to timeout_seconds, then finds the error on the
+#   challenge and reports ChallengeFailed with step-ca's detail (not a retryable timeout).
 
 CONNECTOR_NAMES = ["api.stepca.test", "portal.stepca.test"]
 
@@ -245,15 +245,17 @@ def test_connector_http01_with_the_built_in_responder_on_port_80(step_ca: StepCA
     _assert_issued_by_step_ca(result, step_ca, key, CONNECTOR_NAMES)
 
 
-def test_connector_http01_answered_elsewhere_than_port_80_times_out(step_ca: StepCA, tmp_path: Path) -> None:
-    """The responder on another port: step-ca 0.19 dials port 80, records the failure and leaves
-    the challenge pending, so the connector gives up after timeout_seconds as a transient error."""
+def test_connector_http01_answered_elsewhere_than_port_80_fails_validation(step_ca: StepCA, tmp_path: Path) -> None:
+    """The responder on another port: step-ca 0.19 dials port 80, records the failure on the
+    challenge and leaves it pending; after timeout_seconds the connector finds that error and
+    reports a failed validation with step-ca's detail, not a timeout to retry."""
     connector = _acme_connector(tmp_path, step_ca, challenge="http-01", http_listen=f"127.0.0.1:{free_port()}",
                                 timeout_seconds=3)
     csr_pem, _ = _csr(["elsewhere.stepca.test"])
-    with pytest.raises(TransientError) as raised:
+    with pytest.raises(TerminalError) as raised:
         connector.submit(SigningRequest(csr_pem, "", vault="demo", certificate="elsewhere"))
-    assert raised.value.reason == "ValidationTimeout", raised.value
+    assert raised.value.reason == "ChallengeFailed", raised.value
+    assert "elsewhere.stepca.test (http-01)" in raised.value.message
 
 
 ZONE = "stepca.test"

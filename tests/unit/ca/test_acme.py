@@ -879,3 +879,23 @@ def test_azure_dns_refusals_are_plain_words() -> None:
     with pytest.raises(TerminalError) as caught:
         solver.present([Challenge("dns-01", "www.other.test", "t", "t.k", "v")])
     assert caught.value.reason == "DnsZoneUnknown"
+
+
+def test_a_challenge_left_pending_with_an_error_is_a_failed_validation_not_a_timeout() -> None:
+    """step-ca 0.19 never marks a failed challenge invalid: at the deadline the error on the
+    still-pending challenge decides ChallengeFailed (terminal) over ValidationTimeout (retried)."""
+    chains = _chains()
+    client = FakeClient(chains, on_poll=_raise(acme_errors.TimeoutError()))
+
+    def poll(authz: messages.AuthorizationResource) -> tuple[messages.AuthorizationResource, None]:
+        failed = authz.body.challenges[0].update(error=messages.Error(
+            typ="urn:ietf:params:acme:error:connection", detail="dial tcp 127.0.0.1:80: connection refused"))
+        return authz.update(body=authz.body.update(challenges=[failed])), None
+
+    client.poll = poll  # type: ignore[attr-defined]
+    solver = RecordingSolver()
+    with pytest.raises(TerminalError) as caught:
+        _submit(_connector(client, solver=solver), chains.csr_pem)
+    assert caught.value.reason == "ChallengeFailed"
+    assert "www.example.test (http-01)" in caught.value.message and "connection refused" in caught.value.message
+    assert solver.cleaned == solver.presented
