@@ -179,6 +179,10 @@ class RenewalSettings(_Model):
     concurrency: int = Field(default=4, ge=1, le=64, description="Renewals run at once by a sweep.")
     template_tag: str = Field(default="Template", description="Tag naming the template when the certificate has no template extension.")
     recipient_tag: str = Field(default="Recipient", description="Tag listing owners to notify.")
+    template_override_tag: str = Field(
+        default="RenewWithTemplate",
+        description="Tag naming the template to renew one certificate with even though it carries another "
+                    "(a template migration); wins over the certificate's own template extension.")
     ca_profile_tag: str = Field(
         default="CaProfile", description="Tag naming the CA profile for one certificate, instead of its vault's.")
     denied_retry_hours: float = Field(

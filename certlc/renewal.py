@@ -100,12 +100,16 @@ def resolve_template(snapshot: CertificateSnapshot, profile: CAProfile, settings
                      *, required: bool = True) -> str:
     """The template name (or OID) the CA expects for renewing ``snapshot``.
 
-    Order: the certificate's own template extension (v1 name passes through; a v2 OID is
+    Order: the ``RenewWithTemplate`` tag (an explicit per-certificate override, e.g. a template
+    migration), the certificate's own template extension (v1 name passes through; a v2 OID is
     mapped to the template's common name through the profile's ``template_map``, else sent as
     the OID, which AD CS accepts too), then the ``Template`` tag, then the profile's default.
     A certificate that names no template is refused: guessing one would issue the wrong thing —
     unless the CA has no templates (``required=False``, e.g. ACME), where it is "".
     """
+    override = (snapshot.tag(settings.renewal.template_override_tag) or "").strip()
+    if override:  # an operator's explicit choice for this certificate, e.g. moving it to a new template
+        return profile.template_map.get(override, override)
     template = snapshot.template or {}
     if template.get("name"):
         return str(template["name"])

@@ -43,6 +43,10 @@ def snapshot(**kw) -> CertificateSnapshot:
         pytest.param({"name": "WebServer"}, {"Template": "Other"}, CAProfile(), "WebServer",
                      id="the certificate's own template wins over the tag"),
         pytest.param(None, {}, CAProfile(default_template="Fallback"), "Fallback", id="a profile default"),
+        pytest.param({"name": "WebServer"}, {"RenewWithTemplate": "WebServer2026"}, CAProfile(), "WebServer2026",
+                     id="the override tag wins over the certificate's template (a migration)"),
+        pytest.param({"oid": OID}, {"renewwithtemplate": "1.2.3"}, CAProfile(template_map={"1.2.3": "New"}), "New",
+                     id="the override goes through the template map"),
     ],
 )
 def test_template_resolution(template, tags, profile, expected) -> None:
