@@ -11,20 +11,26 @@ message:" says pending or denied. ``check_templates`` reads the advanced request
 ``certrqxt.asp``, whose ``<Select Name=lbCertTemplate>`` offers the templates the account may
 enrol on (see :func:`parse_template_list`).
 
-Profile options: ``auth`` (``basic`` | ``client_certificate`` | ``ntlm`` | ``kerberos``),
-``username``, ``password_env`` (the variable holding the password; the password itself is never
-logged nor put in a message), ``ca_bundle``, ``client_certificate``/``client_key``,
-``timeout_seconds``.
+Profile options: ``auth`` (``negotiate`` | ``ntlm`` | ``kerberos`` | ``basic`` |
+``client_certificate``), ``username``, ``password_env`` (the variable holding the password; the
+password itself is never logged nor put in a message), ``spn`` (Kerberos service principal,
+default ``HTTP/<endpoint host>``), ``ca_bundle``, ``client_certificate``/``client_key``,
+``timeout_seconds``. negotiate, ntlm and kerberos are IIS's Windows Authentication
+(:mod:`certlc.ca.winauth`, RFC 4559 on pyspnego, with the TLS channel binding IIS Extended
+Protection asks for); negotiate and kerberos without ``password_env`` use the worker's own
+Kerberos ticket cache or keytab (a gMSA or the machine account of a domain-joined worker).
 
 Errors: no connection, timeouts and HTTP 5xx/408/429 are :class:`TransientError`; 401/403
 :class:`TerminalError` ``CaAuthFailed``; a page certlc cannot read :class:`TerminalError`
-``CaResponseInvalid``.
+``CaResponseInvalid``; a Kerberos setup problem on the worker :class:`TerminalError`
+``KerberosNoCredentials`` / ``KerberosKdcUnreachable`` / ``KerberosSpnUnknown``, and a server
+failing Kerberos mutual authentication ``MutualAuthFailed``.
 """
 
 from __future__ import annotations
 
 import html
-import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -49,6 +55,7 @@ from certlc.ca.http import (
     transport_errors,
     trust_context,
 )
+from certlc.ca.winauth import WindowsAuth, split_spn
 from certlc.config import CAProfile, Settings
 from certlc.errors import CertlcError, ConfigError, InvalidInput, TerminalError, first_line
 from certlc.x509.load import load_certificates, load_csr
@@ -60,7 +67,7 @@ log = logging.getLogger(__name__)
 
 KIND = "adcs-web"
 DEFAULT_TIMEOUT = 60.0
-AUTH_KINDS = ("basic", "client_certificate", "ntlm", "kerberos")
+AUTH_KINDS = ("negotiate", "ntlm", "kerberos", "basic", "client_certificate")
 
 _ISSUED = re.compile(r"certnew\.cer\?ReqID=(\d+)&", re.IGNORECASE)
 _PENDING = re.compile(r"Certificate Pending", re.IGNORECASE)
@@ -270,21 +277,36 @@ class CertsrvConnector:
         what = f"AD CS web enrollment at {self.endpoint}"
         if self._auth is not None:
             kwargs["auth"] = self._auth
-        with transport_errors(what, profile=self.profile):
-            response = self._client.request(method, url, **kwargs)
+        try:
+            with transport_errors(what, profile=self.profile):
+                response = self._client.request(method, url, **kwargs)
+        except CertlcError as exc:  # from the Windows authentication handshake (no ticket, no KDC, ...)
+            exc.context.setdefault("profile", self.profile)
+            raise
         status = response.status_code
         check_status(what, status, profile=self.profile)
         if status in (401, 403):
             offered = ", ".join(response.headers.get_list("www-authenticate")) or "none"
             raise TerminalError(
                 f"AD CS web enrollment at {self.endpoint} refused certlc's credentials (HTTP {status}); "
-                f"check the CA profile's user name and password or client certificate (the server offers: "
-                f"{offered})", reason="CaAuthFailed", profile=self.profile)
+                f"{self._credentials_hint()} (the server offers: {offered})", reason="CaAuthFailed",
+                profile=self.profile)
         if status >= 400:
             raise TerminalError(f"AD CS web enrollment at {url} answered HTTP {status}; check the CA profile's "
                                 "endpoint (it should end in /certsrv)", reason="CaResponseInvalid",
                                 profile=self.profile)
         return response
+
+    def _credentials_hint(self) -> str:
+        auth = self._auth
+        if isinstance(auth, WindowsAuth):
+            if not auth.uses_password:
+                return (f"check that {self.account} has a valid ticket (klist) and may use the CA's web "
+                        "enrollment site, and that the site's SPN is right (options.spn)")
+            scheme = {"ntlm": "NTLM", "kerberos": "Kerberos", "negotiate": "Negotiate"}[auth.protocol]
+            return (f"check the CA profile's user name and password ({scheme}; the user name as DOMAIN\\user or "
+                    "user@REALM) and that the account may use the CA's web enrollment site")
+        return "check the CA profile's user name and password or client certificate"
 
     def _template(self, requested: str) -> str:
         return resolve_template(requested, self.default_template, self.template_map, self.profile)
@@ -456,32 +478,48 @@ def _password(name: str, options: dict[str, Any]) -> str:
 def _auth(name: str, options: dict[str, Any], auth_kind: str) -> httpx.Auth | None:
     if auth_kind == "client_certificate":
         return None
-    if auth_kind == "kerberos":
-        try:
-            module = importlib.import_module("httpx_gssapi")
-        except ImportError:
-            raise ConfigError(f"CA profile {name!r}: auth kerberos needs the httpx-gssapi package on the worker "
-                              "(not installed); use basic or client_certificate", reason="CaProfileInvalid") from None
-        return module.HTTPSPNEGOAuth()  # type: ignore[no-any-return]
     username = str(options.get("username") or "")
+    windows = auth_kind in ("negotiate", "ntlm", "kerberos")
+    if windows:
+        spn = str(options.get("spn") or "") or None
+        if spn is not None:
+            try:
+                split_spn(spn)
+            except ValueError as exc:
+                raise ConfigError(f"CA profile {name!r}: options.spn: {exc}", reason="CaProfileInvalid") from None
+        # negotiate and kerberos may go without a password: the worker's own ticket cache or keytab.
+        password = _password(name, options) if options.get("password_env") or auth_kind == "ntlm" else None
+        if password is not None and not username:
+            raise ConfigError(f"CA profile {name!r}: auth {auth_kind} with password_env needs options.username "
+                              "(DOMAIN\\user or user@REALM)", reason="CaProfileInvalid")
+        kerberos_only = auth_kind == "kerberos" or password is None
+        if kerberos_only and not _kerberos_available():
+            raise ConfigError(f"CA profile {name!r}: auth {auth_kind} "
+                              f"{'without password_env ' if auth_kind == 'negotiate' else ''}needs Kerberos, and the "
+                              "worker lacks the gssapi and krb5 Python packages (pip install 'certlc[kerberos]'; "
+                              "building them needs libkrb5-dev and a C compiler); or give a username and "
+                              "password_env for NTLM", reason="CaProfileInvalid")
+        return WindowsAuth(auth_kind, username=username or None, password=password, spn=spn)  # type: ignore[arg-type]
+    if spn := options.get("spn"):
+        raise ConfigError(f"CA profile {name!r}: options.spn {spn!r} applies to auth negotiate, ntlm or kerberos only",
+                          reason="CaProfileInvalid")
     if not username:
         raise ConfigError(f"CA profile {name!r}: auth {auth_kind} needs options.username", reason="CaProfileInvalid")
-    password = _password(name, options)
-    if auth_kind == "ntlm":
-        try:
-            module = importlib.import_module("httpx_ntlm")
-        except ImportError:
-            raise ConfigError(f"CA profile {name!r}: auth ntlm needs the httpx-ntlm package on the worker "
-                              "(not installed); use basic or client_certificate", reason="CaProfileInvalid") from None
-        return module.HttpNtlmAuth(username, password)  # type: ignore[no-any-return]
-    return httpx.BasicAuth(username, password)
+    return httpx.BasicAuth(username, _password(name, options))
+
+
+def _kerberos_available() -> bool:
+    """pyspnego's Kerberos on Linux needs both python-gssapi and pykrb5 (its ``kerberos`` extra)."""
+    if os.name == "nt":  # SSPI: Kerberos is built in
+        return True
+    return all(importlib.util.find_spec(module) is not None for module in ("gssapi", "krb5"))
 
 
 def from_profile(name: str, profile: CAProfile, settings: Settings) -> CertsrvConnector:
     del settings  # everything sits in the CA profile
     options = profile.options or {}
-    check_options(name, KIND, options, {"auth", "username", "password_env", "ca_bundle", "client_certificate",
-                                        "client_key", "timeout_seconds"})
+    check_options(name, KIND, options, {"auth", "username", "password_env", "spn", "ca_bundle",
+                                        "client_certificate", "client_key", "timeout_seconds"})
     endpoint = http_endpoint(name, KIND, profile.endpoint, "the certsrv URL, e.g. https://ca.contoso.com/certsrv")
     auth_kind = str(options.get("auth") or "basic").lower()
     if auth_kind not in AUTH_KINDS:
@@ -503,6 +541,6 @@ def from_profile(name: str, profile: CAProfile, settings: Settings) -> CertsrvCo
 def _account(options: dict[str, Any], auth_kind: str) -> str:
     if auth_kind == "client_certificate":
         return "the account of the profile's client certificate"
-    if auth_kind == "kerberos":
+    if auth_kind in ("kerberos", "negotiate") and not options.get("username"):
         return "the worker's Kerberos account"
     return str(options.get("username") or "")

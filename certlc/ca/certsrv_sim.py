@@ -22,34 +22,78 @@ It speaks the contract of docs/azure-reference.md §11.3, byte for byte where cl
 
 The issue / pending / deny decisions are the dev CA's own (:class:`DevCAConnector`), so the
 simulator and the dev CA agree. A CA manager's approval is :func:`approve` (the dev CA's
-``set_decision``). HTTP Basic authentication is checked against ``users`` when given; a
-refusal is a 401 offering ``Basic realm=...`` (plus Negotiate/NTLM, as IIS lists them).
-``app.state.fault`` set to an HTTP status makes every request fail with it (outage rehearsal).
+``set_decision``). ``app.state.fault`` set to an HTTP status makes every request fail with it
+(outage rehearsal).
+
+Authentication (``auth``), as IIS does it:
+
+* ``basic``: checked against ``users`` when given; a refusal is a 401 offering ``Basic
+  realm=...`` (plus Negotiate/NTLM, as IIS lists them).
+* ``ntlm`` (IIS with only the NTLM provider): 401 ``WWW-Authenticate: NTLM``; the NTLM
+  handshake (RFC 4559) is run by pyspnego's acceptor against ``users``.
+* ``negotiate`` (IIS's default providers, "Negotiate" then "NTLM"): Kerberos through SPNEGO when
+  the process has a keytab (``KRB5_KTNAME``, a key for ``HTTP/<host>``) and the gssapi package,
+  NTLM inside SPNEGO or under the NTLM scheme otherwise.
+
+A challenge leg answers 401 with the acceptor's token (``WWW-Authenticate: NTLM <b64>``); a
+refusal answers 401 with the bare offers again; a completed handshake's last token (Kerberos
+mutual authentication) rides on the page's own 200. The security context belongs to the TCP
+connection, as in IIS: it is kept per connection, keyed by the peer address and port of the ASGI
+scope (``scope["client"]``), which is unique per open TCP connection under uvicorn (ASGI gives
+no connection object; a port reused after a close at worst meets a stale context, which the
+next handshake's first token replaces). A connection that finished a handshake stays
+authenticated, as IIS's default ``authPersistNonNTLM`` keeps it. In-process transports report a
+fixed client address, i.e. one connection. With ``channel_binding_certificate`` (the server's
+TLS certificate, DER or x509) the acceptor requires the client's ``tls-server-end-point`` binding
+to match it, as IIS "Extended Protection: Required" does.
+
+pyspnego's NTLM acceptor reads its users from the file named by ``NTLM_USER_FILE`` (lines
+``DOMAIN:USER:PASSWORD``), read when the handshake's last message is checked. The simulator
+writes ``users`` to such a file in the dev CA's state directory (mode 0600) and points the variable
+at it only while its acceptor steps, under a lock: the variable is process-wide, and a client
+in the same process (the tests) must not see it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import html
+import logging
+import os
 import re
 import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certlc.ca.base import Disposition, DispositionStatus, SigningRequest
 from certlc.ca.devca import DevCA, DevCAConnector
+from certlc.ca.winauth import channel_bindings
 from certlc.config import TemplateSpec
 from certlc.errors import CertlcError, TransientError
 
-__all__ = ["NO_CERT_TYPE", "NO_REQUEST", "approve", "certsrv_app", "deny", "display_name", "template_option"]
+__all__ = ["AUTH_KINDS", "NO_CERT_TYPE", "NO_REQUEST", "approve", "certsrv_app", "deny", "display_name",
+           "template_option"]
+
+log = logging.getLogger(__name__)
+
+AUTH_KINDS = ("basic", "ntlm", "negotiate")
 
 NO_CERT_TYPE = (
     "The request contains no certificate template information. "
@@ -204,19 +248,159 @@ def _template(attributes: str) -> str:
     return ""
 
 
+# --- Windows authentication (the acceptor side of certlc.ca.winauth) ---------------------------
+_NTLM_FILE_LOCK = threading.Lock()
+_MAX_CONNECTIONS = 512  # handshake states kept; the oldest go first (a client that vanished mid-way)
+_AUTH_REPLY = "certsrv_sim.auth_reply"  # scope key: the final token to put on the page's response
+
+
+@contextlib.contextmanager
+def _ntlm_user_file(path: Path | None) -> Iterator[None]:
+    """``NTLM_USER_FILE`` names ``path`` for the duration (pyspnego's acceptor reads it), then is restored."""
+    if path is None:
+        yield
+        return
+    with _NTLM_FILE_LOCK:
+        before = os.environ.get("NTLM_USER_FILE")
+        os.environ["NTLM_USER_FILE"] = str(path)
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("NTLM_USER_FILE", None)
+            else:
+                os.environ["NTLM_USER_FILE"] = before
+
+
+def _write_ntlm_users(path: Path, users: dict[str, str]) -> Path:
+    """``DOMAIN:USER:PASSWORD`` lines (``:user@REALM:PASSWORD`` for UPNs), mode 0600."""
+    lines = []
+    for name, password in users.items():
+        domain, sep, user = name.partition("\\")
+        lines.append(f"{domain}:{user}:{password}" if sep else f":{name}:{password}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    return path
+
+
+def _initial_token(token: bytes) -> bool:
+    """A token that starts a handshake: NTLM NEGOTIATE_MESSAGE, or a GSS initial context token
+    (SPNEGO NegTokenInit or a raw Kerberos AP-REQ, both tagged [APPLICATION 0] = 0x60)."""
+    return token.startswith(b"NTLMSSP\x00\x01\x00\x00\x00") or token[:1] == b"\x60"
+
+
+@dataclass
+class _Handshake:
+    scheme: str
+    context: Any = None
+    user: str | None = None
+
+
+class _AuthReply:
+    """Puts a completed handshake's last token (``WWW-Authenticate: Negotiate <b64>``, Kerberos
+    mutual authentication) on whatever response the page makes, as IIS does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def reply(message: Message) -> None:
+            header = scope.get(_AUTH_REPLY)
+            if message["type"] == "http.response.start" and header:
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"www-authenticate", header.encode("latin-1"))]}
+            await send(message)
+
+        await self.app(scope, receive, reply)
+
+
 def certsrv_app(ca: DevCA, *, users: dict[str, str] | None = None, realm: str = "ca.contoso.com",
-                ca_name: str | None = None) -> Starlette:
-    """The certsrv site for ``ca``. ``users`` maps user name -> password (None: no authentication)."""
+                ca_name: str | None = None, auth: str = "basic",
+                channel_binding_certificate: bytes | x509.Certificate | None = None,
+                service_host: str = "localhost") -> Starlette:
+    """The certsrv site for ``ca``. ``users`` maps user name (``DOMAIN\\user`` or ``user@REALM``)
+    -> password; None: no authentication (basic), or for ntlm/negotiate the NTLM users already
+    in ``NTLM_USER_FILE`` and any Kerberos principal the keytab's KDC vouches for. ``auth`` is
+    ``basic``, ``ntlm`` or ``negotiate``; ``channel_binding_certificate`` makes the TLS channel
+    binding mandatory (IIS Extended Protection); ``service_host`` is the host part of the
+    ``HTTP/<host>`` service principal the Kerberos acceptor is."""
+    if auth not in AUTH_KINDS:
+        raise ValueError(f"auth must be one of {', '.join(AUTH_KINDS)}")
     connector = DevCAConnector("certsrv-sim", ca)
     display = ca_name or ca.common_name
+    windows = auth != "basic"
+    schemes = {"ntlm": ("NTLM",), "negotiate": ("Negotiate", "NTLM")}.get(auth, ())
+    ntlm_file = None
+    if windows and users:
+        ca.ensure()  # the dev CA creates its directory by renaming a finished one into place: first
+        ntlm_file = _write_ntlm_users(ca.state_dir / "certsrv-ntlm-users", users)
+    bindings = None
+    if channel_binding_certificate is not None:
+        der = (channel_binding_certificate.public_bytes(serialization.Encoding.DER)
+               if isinstance(channel_binding_certificate, x509.Certificate) else channel_binding_certificate)
+        bindings = channel_bindings(der)
+    handshakes: OrderedDict[Any, _Handshake] = OrderedDict()
 
     def unauthorized() -> Response:
         body = _page(display, _title("401 - Unauthorized: Access is denied due to invalid credentials."))
         response = HTMLResponse(body, status_code=401)
-        response.headers.append("WWW-Authenticate", "Negotiate")
-        response.headers.append("WWW-Authenticate", "NTLM")
-        response.headers.append("WWW-Authenticate", f'Basic realm="{realm}"')
+        # One header per scheme, in IIS's order; basic mode lists Windows schemes too, as IIS does.
+        for offer in schemes or ("Negotiate", "NTLM", f'Basic realm="{realm}"'):
+            response.headers.append("WWW-Authenticate", offer)
         return response
+
+    def challenge(scheme: str, token: bytes) -> Response:
+        body = _page(display, _title("401 - Unauthorized: Access is denied due to invalid credentials."))
+        response = HTMLResponse(body, status_code=401)
+        response.headers["WWW-Authenticate"] = f"{scheme} {base64.b64encode(token).decode()}"
+        return response
+
+    def windows_guard(request: Request) -> Response | None:
+        """None when the request may proceed; else the 401 (challenge leg or refusal)."""
+        import spnego  # the simulator's Windows modes only
+
+        key = request.scope.get("client") or ("-", 0)
+        state = handshakes.get(key)
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        scheme = {"negotiate": "Negotiate", "ntlm": "NTLM"}.get(scheme.lower(), scheme)
+        if not scheme:
+            # An authenticated connection stays so; anything else is asked to authenticate.
+            return None if state is not None and state.user else unauthorized()
+        if scheme not in schemes:
+            return unauthorized()
+        try:
+            token = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return unauthorized()
+        if state is None or state.scheme != scheme or state.user or _initial_token(token):
+            state = _Handshake(scheme)
+        handshakes[key] = state
+        handshakes.move_to_end(key)
+        while len(handshakes) > _MAX_CONNECTIONS:
+            handshakes.popitem(last=False)
+        try:
+            with _ntlm_user_file(ntlm_file):
+                if state.context is None:
+                    protocol = "ntlm" if scheme == "NTLM" else "negotiate"
+                    state.context = spnego.server(hostname=service_host, service="HTTP", protocol=protocol,
+                                                  channel_bindings=bindings)
+                out = state.context.step(token)
+        except Exception as exc:  # a bad password, a mismatched binding, a token out of order: refused
+            log.info("certsrv simulator refused %s authentication from %s: %s", scheme, key, exc)
+            handshakes.pop(key, None)
+            return unauthorized()
+        if not state.context.complete:
+            return challenge(scheme, bytes(out or b""))
+        state.user = state.context.client_principal or "authenticated"
+        if out:
+            request.scope[_AUTH_REPLY] = f"{scheme} {base64.b64encode(bytes(out)).decode()}"
+        return None
 
     def authorized(request: Request) -> bool:
         if users is None:
@@ -235,6 +419,8 @@ def certsrv_app(ca: DevCA, *, users: dict[str, str] | None = None, realm: str = 
         fault = request.app.state.fault
         if fault:
             return HTMLResponse(f"<html><body><h1>HTTP Error {int(fault)}</h1></body></html>", status_code=int(fault))
+        if windows:
+            return windows_guard(request)
         if not authorized(request):
             return unauthorized()
         return None
@@ -352,7 +538,7 @@ def certsrv_app(ca: DevCA, *, users: dict[str, str] | None = None, realm: str = 
         return Response(body, media_type="application/x-pkcs7-certificates",
                         headers={"Content-Disposition": "attachment; filename=certnew.p7b"})
 
-    app = Starlette(routes=[
+    app = Starlette(middleware=[Middleware(_AuthReply)], routes=[
         Route("/certsrv", home),
         Route("/certsrv/", home),
         Route("/certsrv/certckpn.asp", check_pending),
