@@ -304,8 +304,8 @@ class CertsrvConnector:
                 return (f"check that {self.account} has a valid ticket (klist) and may use the CA's web "
                         "enrollment site, and that the site's SPN is right (options.spn)")
             scheme = {"ntlm": "NTLM", "kerberos": "Kerberos", "negotiate": "Negotiate"}[auth.protocol]
-            return (f"check the CA profile's user name and password ({scheme}; the user name as DOMAIN\\user or "
-                    "user@REALM) and that the account may use the CA's web enrollment site")
+            return (f"check the CA profile's user name ({self.account}, as DOMAIN\\user or user@REALM) and password "
+                    f"({scheme}) and that the account may use the CA's web enrollment site")
         return "check the CA profile's user name and password or client certificate"
 
     def _template(self, requested: str) -> str:

@@ -23,7 +23,7 @@ It speaks the contract of docs/azure-reference.md §11.3, byte for byte where cl
 The issue / pending / deny decisions are the dev CA's own (:class:`DevCAConnector`), so the
 simulator and the dev CA agree. A CA manager's approval is :func:`approve` (the dev CA's
 ``set_decision``). ``app.state.fault`` set to an HTTP status makes every request fail with it
-(outage rehearsal).
+(outage rehearsal); ``app.state.logons`` lists each completed Windows logon.
 
 Authentication (``auth``), as IIS does it:
 
@@ -398,6 +398,7 @@ def certsrv_app(ca: DevCA, *, users: dict[str, str] | None = None, realm: str = 
         if not state.context.complete:
             return challenge(scheme, bytes(out or b""))
         state.user = state.context.client_principal or "authenticated"
+        request.app.state.logons.append((key, scheme, state.user, state.context.negotiated_protocol))
         if out:
             request.scope[_AUTH_REPLY] = f"{scheme} {base64.b64encode(bytes(out)).decode()}"
         return None
@@ -548,4 +549,6 @@ def certsrv_app(ca: DevCA, *, users: dict[str, str] | None = None, realm: str = 
         Route("/certsrv/certnew.p7b", certnew_p7b),
     ])
     app.state.fault = None
+    # (connection, scheme, principal, protocol) per completed Windows logon: what IIS's log shows.
+    app.state.logons = []
     return app
