@@ -99,7 +99,8 @@ def _peer_certificate(response: httpx.Response) -> bytes | None:
     ssl_object = stream.get_extra_info("ssl_object")
     if ssl_object is None:
         return None
-    der = ssl_object.getpeercert(binary_form=True)
+    # Positional: httpcore's sync stream hands out the low-level _ssl._SSLSocket, which takes no keywords.
+    der = ssl_object.getpeercert(True)
     return bytes(der) if der else None
 
 
