@@ -1,9 +1,10 @@
-"""The AD CS web-enrollment simulator as a server process on loopback (HTTPS, basic auth).
+"""The AD CS web-enrollment simulator as a server process on loopback (HTTPS, Windows auth).
 
 ``certlc up --ca adcs-web`` (and so ``make demo CA=adcs-web``) runs it: the dev CA behind the
-certsrv HTML contract (``certlc.ca.certsrv_sim``), with its own TLS CA, one service account
-whose password comes from the environment (never the command line), and the worker renews
-through the ``adcs-web`` connector exactly as it would against a real AD CS.
+certsrv HTML contract (``certlc.ca.certsrv_sim``), with its own TLS CA, IIS's Windows
+Authentication (NTLM, with Extended Protection: the TLS channel binding is required) for one
+service account whose password comes from the environment (never the command line), and the
+worker renews through the ``adcs-web`` connector exactly as it would against a real AD CS.
 
 Run as ``python -m certlc.localca.certsrv --devca DIR --port N --tls-dir DIR --user NAME``
 with the password in ``$CERTLC_CERTSRV_PASSWORD``.
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-dir", type=Path, required=True)
     parser.add_argument("--user", default=USER)
     parser.add_argument("--config", type=Path, help="certlc.toml whose [devca] templates to serve")
+    parser.add_argument("--auth", choices=("basic", "ntlm", "negotiate"), default="ntlm")
     args = parser.parse_args(argv)
     password = os.environ.get(PASSWORD_ENV)
     if not password:
@@ -87,7 +89,12 @@ def main(argv: list[str] | None = None) -> None:
         devca = DevCASettings()
     ca = DevCA(args.devca, devca.templates, devca.common_name)
     tls = localhost_tls(args.tls_dir, "certsrv simulator")
-    uvicorn.run(certsrv_app(ca, users={args.user: password}), host="127.0.0.1", port=args.port,
+    from cryptography import x509
+
+    server_cert = x509.load_pem_x509_certificate(tls.cert_pem.read_bytes())
+    app = certsrv_app(ca, users={args.user: password}, auth=args.auth,
+                      channel_binding_certificate=server_cert if args.auth != "basic" else None)
+    uvicorn.run(app, host="127.0.0.1", port=args.port,
                 ssl_certfile=str(tls.cert_pem), ssl_keyfile=str(tls.key_pem), log_level="warning",
                 access_log=False, log_config=None)
 

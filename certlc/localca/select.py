@@ -1,7 +1,7 @@
 """Which CA the local stack renews through: one value (``certlc up --ca``, ``make demo CA=...``).
 
 ``devca`` signs in the worker's process; ``adcs-web`` runs the AD CS web-enrollment simulator
-over HTTPS with basic auth; ``cfssl`` runs a real ``cfssl serve``; ``acme`` runs a real Pebble
+over HTTPS with NTLM (Extended Protection on); ``cfssl`` runs a real ``cfssl serve``; ``acme`` runs a real Pebble
 (with pebble-challtestsrv as its DNS) and answers http-01 from a webroot served on loopback.
 Each gives the CA profile's TOML and starts its servers once the configuration exists.
 """
@@ -74,7 +74,9 @@ def plan_local_ca(kind: str, root: Path, templates: list[TemplateSpec]) -> Local
                                  config=config)
             return [Started("certsrv", site.proc, f"tcp://127.0.0.1:{port}", logs / "certsrv.log")]
 
-        options = {"auth": "basic", "username": USER, "password_env": PASSWORD_ENV, "ca_bundle": str(tls.ca_pem)}
+        # NTLM over HTTPS with the channel binding IIS's Extended Protection requires, as a real
+        # certsrv is set up (a domain-joined worker would use negotiate with its own ticket).
+        options = {"auth": "ntlm", "username": USER, "password_env": PASSWORD_ENV, "ca_bundle": str(tls.ca_pem)}
         return LocalCaPlan(kind, "adcs-web", _table("adcs-web", "adcs-web", endpoint, options, names),
                            {PASSWORD_ENV: password}, start_adcs)
     if kind == "cfssl":
