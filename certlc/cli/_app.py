@@ -32,6 +32,7 @@ app.command("certlc.cli.emulator:emulator_clock", name="emulator-clock",
 ca = App(name="ca", help="CA profiles: preflight checks.")
 ca.command("certlc.cli.ca:check", name="check", help="Check that a CA profile is usable (reachable, authenticated, templates exist and may be enrolled).")
 app.command(ca)
+app.command("certlc.cli.agent:agent", name="agent", help="Install certificates from Key Vault on this server (the Key Vault VM extension's job): poll, install, link.")
 app.command("certlc.cli.demo:demo", name="demo",
             help="Seed a local Key Vault with expiring certificates and renew them through Prefect.")
 

@@ -1,0 +1,320 @@
+"""Poll the vaults: one GET of the latest secret per observed certificate per interval.
+
+A pass asks each vault for the latest version of each observed secret and installs it only when
+its version differs from the installed one. Failures are classified where they happen:
+
+* **throttled** (429, or 503 with ``Retry-After``): that vault is left alone until the time the
+  vault named (or the exponential backoff, whichever is later); its other certificates wait too;
+* **vault unreachable** (connection, DNS, TLS, 5xx, authentication): the current files stay,
+  the vault is retried after an exponential backoff (30 s doubling, capped at
+  ``certlc.max_backoff``), and the failure is logged once per attempt;
+* **refused secret** (malformed, no key, key mismatch, expired): the old files stay, an ERROR
+  names the certificate, version and reason, and that version is not decoded again;
+* **install failed** (disk, permissions, PFX password): the previous version stays current.
+
+The SDK's own retries are off for these calls (``retry_total=0``), so a pass costs exactly one
+request per observed certificate (plus, once per vault and process, Key Vault's unauthenticated
+challenge round trip), and backoff is this module's alone. :class:`Poller` holds no SDK types:
+it is handed a ``get_secret(vault_url, name) -> SecretVersion`` function, so it is tested with
+plain fakes; :func:`sdk_secret_getter` builds the real one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from certlc.agent.install import Installer, InstallFailed, InstallResult
+from certlc.agent.material import Material, SecretRefused, decode_secret
+from certlc.agent.settings import AgentSettings, Watched
+from certlc.errors import CertlcError, ConfigError
+
+__all__ = [
+    "BASE_BACKOFF",
+    "Outcome",
+    "PassReport",
+    "Poller",
+    "SecretNotFound",
+    "SecretVersion",
+    "Throttled",
+    "VaultUnavailable",
+    "parse_retry_after",
+    "sdk_secret_getter",
+]
+
+log = logging.getLogger("certlc.agent")
+
+BASE_BACKOFF = 30.0  # seconds after the first failure; doubles per consecutive failure
+
+
+@dataclass(frozen=True, repr=False)
+class SecretVersion:
+    """The latest version of a secret as the vault returned it (value never in repr)."""
+
+    version: str
+    value: str
+    content_type: str | None
+
+    def __repr__(self) -> str:
+        return f"SecretVersion(version={self.version!r}, content_type={self.content_type!r})"
+
+
+class VaultUnavailable(CertlcError):
+    """The vault could not be asked (network, TLS, 5xx, authentication)."""
+
+    reason = "VaultUnreachable"
+
+
+class Throttled(VaultUnavailable):
+    """The vault said 429 (or 503) and when to come back."""
+
+    reason = "Throttled"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class SecretNotFound(CertlcError):
+    """The observed secret does not exist (or the agent may not read it)."""
+
+    reason = "SecretNotFound"
+
+
+# Outcomes of one certificate in one pass.
+class Outcome:
+    INSTALLED = "Installed"
+    UNCHANGED = "Unchanged"
+    REFUSED = "Refused"
+    FAILED = "Failed"
+    THROTTLED = "Throttled"
+    UNREACHABLE = "VaultUnreachable"
+    WAITING = "BackingOff"  # not asked this pass: its vault is backing off
+
+
+@dataclass
+class PassReport:
+    """What one pass did per certificate (``key`` -> outcome) and how many requests it made."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)
+    installed: dict[str, InstallResult] = field(default_factory=dict)
+    requests: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(o in (Outcome.INSTALLED, Outcome.UNCHANGED) for o in self.outcomes.values())
+
+
+@dataclass
+class _VaultState:
+    failures: int = 0
+    not_before: float = 0.0  # monotonic time before which the vault is not asked
+
+
+@dataclass
+class _CertState:
+    refused_version: str | None = None
+
+
+def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date; None when absent/unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - (now or dt.datetime.now(dt.UTC))).total_seconds())
+
+
+SecretGetter = Callable[[str, str], SecretVersion]
+InstalledHook = Callable[[Watched, Installer, InstallResult, Material], None]
+
+
+class Poller:
+    """Keeps the observed certificates' files at the vaults' latest versions."""
+
+    def __init__(self, settings: AgentSettings, get_secret: SecretGetter, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 installer_factory: Callable[[Watched], Installer] = Installer,
+                 on_installed: InstalledHook | None = None) -> None:
+        self.settings = settings
+        self._get_secret = get_secret
+        self._clock = clock
+        self._installers = {w.key: installer_factory(w) for w in settings.watched}
+        self._vaults: dict[str, _VaultState] = {}
+        self._certs: dict[str, _CertState] = {w.key: _CertState() for w in settings.watched}
+        self._on_installed = on_installed
+        self.max_backoff = float(settings.certlc.max_backoff)
+
+    def installer(self, watched: Watched) -> Installer:
+        return self._installers[watched.key]
+
+    # --- one pass --------------------------------------------------------------------------------
+    def poll_once(self) -> PassReport:
+        """Ask for each observed certificate once (vaults backing off are skipped) and install changes."""
+        report = PassReport()
+        for watched in self.settings.watched:
+            vault = self._vaults.setdefault(watched.vault_url, _VaultState())
+            now = self._clock()
+            if vault.not_before > now:
+                report.outcomes[watched.key] = Outcome.WAITING
+                continue
+            report.requests += 1
+            report.outcomes[watched.key] = self._poll_one(watched, vault, report)
+        return report
+
+    def _poll_one(self, watched: Watched, vault: _VaultState, report: PassReport) -> str:
+        try:
+            latest = self._get_secret(watched.vault_url, watched.secret_name)
+        except Throttled as exc:
+            delay = self._back_off(vault, exc.retry_after)
+            log.warning("%s: the vault is throttling (%s); not asking it again for %.0f s",
+                        watched.key, exc.message, delay)
+            return Outcome.THROTTLED
+        except VaultUnavailable as exc:
+            delay = self._back_off(vault, None)
+            log.warning("%s: vault unreachable (%s); keeping the installed files, next attempt in %.0f s",
+                        watched.key, exc.message, delay)
+            return Outcome.UNREACHABLE
+        except SecretNotFound as exc:
+            vault.failures = 0
+            log.error("%s: %s; keeping the installed files", watched.key, exc.message)
+            return Outcome.FAILED
+        vault.failures, vault.not_before = 0, 0.0
+        installer = self._installers[watched.key]
+        state = self._certs[watched.key]
+        if latest.version == installer.current_version():
+            log.debug("%s: version %s is installed; nothing to do", watched.key, latest.version)
+            return Outcome.UNCHANGED
+        if latest.version == state.refused_version:
+            log.debug("%s: version %s was refused before; still keeping the installed files",
+                      watched.key, latest.version)
+            return Outcome.REFUSED
+        try:
+            material = decode_secret(latest.value, latest.content_type, version=latest.version)
+        except SecretRefused as exc:
+            state.refused_version = latest.version
+            log.error("%s: refusing version %s (%s: %s); keeping the installed version %s",
+                      watched.key, latest.version, exc.reason, exc.message, installer.current_version() or "(none)")
+            return Outcome.REFUSED
+        try:
+            result = installer.install(material, latest.version)
+        except (InstallFailed, ConfigError) as exc:
+            log.error("%s: cannot install version %s: %s; the installed version %s stays",
+                      watched.key, latest.version, exc.message, installer.current_version() or "(none)")
+            return Outcome.FAILED
+        state.refused_version = None
+        report.installed[watched.key] = result
+        if material.unlinked:
+            log.warning("%s: version %s holds %d certificate(s) that are not issuers of its leaf; kept at the "
+                        "end of the chain", watched.key, latest.version, material.unlinked)
+        log.info("%s: installed version %s (SHA-1 %s, expires %s) in %s; previous %s",
+                 watched.key, latest.version, material.sha1, f"{material.not_after:%Y-%m-%d}", result.directory,
+                 result.previous or "(none)")
+        if self._on_installed is not None:
+            self._on_installed(watched, installer, result, material)
+        return Outcome.INSTALLED
+
+    def _back_off(self, vault: _VaultState, retry_after: float | None) -> float:
+        vault.failures += 1
+        delay = min(self.max_backoff, BASE_BACKOFF * 2 ** (vault.failures - 1))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_backoff))
+        vault.not_before = self._clock() + delay
+        return delay
+
+    def backoff_until(self, vault_url: str) -> float | None:
+        """The clock time before which ``vault_url`` is not asked again, or None when it is not backing off."""
+        state = self._vaults.get(vault_url)
+        return state.not_before if state is not None and state.failures else None
+
+    # --- the loop --------------------------------------------------------------------------------
+    def next_wake(self, pass_started: float) -> float:
+        """When the next pass is due: one interval after this one started, sooner if a backoff ends first."""
+        due = pass_started + self.settings.polling_interval
+        waits = [v.not_before for v in self._vaults.values() if v.failures and v.not_before > pass_started]
+        return min([due, *waits])
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set: a pass, then sleep until the next one is due."""
+        initial_sync = self.settings.secrets_management.require_initial_sync
+        while not stop.is_set():
+            started = self._clock()
+            report = self.poll_once()
+            if initial_sync and all(i.current_version() for i in self._installers.values()):
+                log.info("initial sync complete: every observed certificate is installed")
+                initial_sync = False
+            stop.wait(max(0.0, self.next_wake(started) - self._clock()))
+            del report
+
+
+def sdk_secret_getter(settings: AgentSettings) -> SecretGetter:
+    """``get_secret(vault_url, name)`` over the official SecretClient, one client per vault.
+
+    Clients come from certlc's one client factory (:mod:`certlc.clients`): ``DefaultAzureCredential``
+    (the ``msiClientId`` identity when set), the CA bundle and the loopback challenge rule.
+    """
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    from certlc.clients import secret_client
+    from certlc.config import AzureSettings, Settings, VaultSettings
+
+    core = Settings(azure=AzureSettings(ca_bundle=settings.certlc.ca_bundle,
+                                        managed_identity_client_id=settings.authentication.msi_client_id,
+                                        verify_challenge_resource=settings.certlc.verify_challenge_resource))
+
+    def get(vault_url: str, name: str) -> SecretVersion:
+        client = secret_client(VaultSettings(name=vault_url, url=vault_url), core)
+        try:
+            # retry_total=0: one request per call; this module backs off itself.
+            secret = client.get_secret(name, retry_total=0)
+        except ResourceNotFoundError:
+            raise SecretNotFound(f"secret {name} not found in {vault_url}") from None
+        except ClientAuthenticationError as exc:
+            raise VaultUnavailable(f"not authorised ({_status(exc)}): the agent's identity needs Key Vault "
+                                   "Secrets User (get) on this secret") from None
+        except HttpResponseError as exc:
+            status = getattr(exc, "status_code", None)
+            if status in (429, 503):
+                headers = exc.response.headers if exc.response is not None else {}
+                raise Throttled(f"HTTP {status}", retry_after=parse_retry_after(headers.get("Retry-After"))) from None
+            if status == 403:
+                raise SecretNotFound(f"the agent may not read secret {name} in {vault_url} (403): it needs "
+                                     "Key Vault Secrets User on it") from None
+            raise VaultUnavailable(f"HTTP {status}") from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise VaultUnavailable(f"{type(exc).__name__}: {_first_line(exc)}") from None
+        if secret.value is None or secret.properties.version is None:
+            raise SecretNotFound(f"secret {name} in {vault_url} has no value")
+        return SecretVersion(version=secret.properties.version, value=secret.value,
+                             content_type=secret.properties.content_type)
+
+    return get
+
+
+def _status(exc: Any) -> str:
+    status = getattr(exc, "status_code", None)
+    return f"HTTP {status}" if status else type(exc).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
