@@ -96,6 +96,7 @@ class Outcome:
     THROTTLED = "Throttled"
     UNREACHABLE = "VaultUnreachable"
     WAITING = "BackingOff"  # not asked this pass: its vault is backing off
+    ROLLED_BACK = "RolledBack"  # installed, but reload/verify failed: the previous version is back
 
 
 @dataclass
@@ -120,6 +121,9 @@ class _VaultState:
 @dataclass
 class _CertState:
     refused_version: str | None = None
+    failed_version: str | None = None  # rolled back after install; retried at retry_at
+    deploy_failures: int = 0
+    retry_at: float = 0.0
 
 
 def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
@@ -140,6 +144,8 @@ def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> f
 
 SecretGetter = Callable[[str, str], SecretVersion]
 InstalledHook = Callable[[Watched, Installer, InstallResult, Material], None]
+# Reload / verify / roll back after an install (certlc.agent.deploy.deploy); its result has ``ok``.
+DeployHook = Callable[[Watched, Installer, InstallResult, Material], Any]
 
 
 class Poller:
@@ -148,7 +154,7 @@ class Poller:
     def __init__(self, settings: AgentSettings, get_secret: SecretGetter, *,
                  clock: Callable[[], float] = time.monotonic,
                  installer_factory: Callable[[Watched], Installer] = Installer,
-                 on_installed: InstalledHook | None = None) -> None:
+                 on_installed: InstalledHook | None = None, deploy: DeployHook | None = None) -> None:
         self.settings = settings
         self._get_secret = get_secret
         self._clock = clock
@@ -156,6 +162,7 @@ class Poller:
         self._vaults: dict[str, _VaultState] = {}
         self._certs: dict[str, _CertState] = {w.key: _CertState() for w in settings.watched}
         self._on_installed = on_installed
+        self._deploy = deploy
         self.max_backoff = float(settings.certlc.max_backoff)
 
     def installer(self, watched: Watched) -> Installer:
@@ -198,6 +205,10 @@ class Poller:
         if latest.version == installer.current_version():
             log.debug("%s: version %s is installed; nothing to do", watched.key, latest.version)
             return Outcome.UNCHANGED
+        if latest.version == state.failed_version and self._clock() < state.retry_at:
+            log.debug("%s: version %s was rolled back; next attempt in %.0f s", watched.key, latest.version,
+                      state.retry_at - self._clock())
+            return Outcome.ROLLED_BACK
         if latest.version == state.refused_version:
             log.debug("%s: version %s was refused before; still keeping the installed files",
                       watched.key, latest.version)
@@ -225,6 +236,13 @@ class Poller:
                  result.previous or "(none)")
         if self._on_installed is not None:
             self._on_installed(watched, installer, result, material)
+        if self._deploy is not None and not self._deploy(watched, installer, result, material).ok:
+            state.failed_version = latest.version
+            state.deploy_failures += 1
+            delay = min(self.max_backoff, self.settings.polling_interval * 2 ** (state.deploy_failures - 1))
+            state.retry_at = self._clock() + delay
+            return Outcome.ROLLED_BACK
+        state.failed_version, state.deploy_failures = None, 0
         return Outcome.INSTALLED
 
     def _back_off(self, vault: _VaultState, retry_after: float | None) -> float:

@@ -38,6 +38,7 @@ def agent(
     verbose
         Log each certificate's outcome, not only installs, refusals and failures.
     """
+    from certlc.agent.deploy import deploy
     from certlc.agent.poll import Poller, sdk_secret_getter
     from certlc.agent.settings import load_agent_settings
     from certlc.errors import CertlcError
@@ -50,7 +51,7 @@ def agent(
         settings = load_agent_settings(config)
     except CertlcError as exc:
         exit_with_error(exc.message, 2)
-    poller = Poller(settings, sdk_secret_getter(settings))
+    poller = Poller(settings, sdk_secret_getter(settings), deploy=deploy)
     log = logging.getLogger("certlc.agent")
     if once:
         report = poller.poll_once()

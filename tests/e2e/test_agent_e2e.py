@@ -276,3 +276,91 @@ def test_a_429_from_the_vault_is_one_request_and_carries_retry_after(throttling_
     assert info.value.retry_after == 17
     assert len(_Throttling.requests) == 1  # the SDK did not retry on its own
     assert time.monotonic() - started < 10
+
+
+# Reload + verify against a real TLS server that reloads its certificate on SIGHUP ---------------------------------
+TLS_SERVER = """
+import signal, socket, ssl, sys
+cert, key, port_file = sys.argv[1:4]
+context = [None]
+def load(*_):
+    fresh = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    fresh.load_cert_chain(cert, key)
+    context[0] = fresh
+load()
+signal.signal(signal.SIGHUP, load)
+server = socket.create_server(("127.0.0.1", 0))
+with open(port_file + ".tmp", "w") as f:
+    f.write(str(server.getsockname()[1]))
+import os; os.replace(port_file + ".tmp", port_file)
+while True:
+    conn, _ = server.accept()
+    try:
+        with context[0].wrap_socket(conn, server_side=True):
+            pass
+    except (OSError, ssl.SSLError):
+        conn.close()
+"""
+
+
+def served_sha1(port: int) -> str:
+    from certlc.agent.deploy import served_certificate
+    from certlc.agent.settings import VerifyTarget
+
+    return sha1_thumbprint(served_certificate(VerifyTarget(address=f"127.0.0.1:{port}", server_name="tls.contoso.com")))
+
+
+def test_reload_makes_a_real_tls_server_serve_the_new_version_and_a_broken_reload_rolls_back(
+        emulator: EmulatorHandle, vault: Vault, agent_env: dict[str, str], tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first = vault.issue("agent-tls")
+
+    def settings(**certlc: Any) -> Path:
+        path = tmp_path / "agent.json"
+        path.write_text(json.dumps({
+            "secretsManagementSettings": {"certificateStoreLocation": str(store), "observedCertificates": [
+                {"url": f"{vault.url}/secrets/agent-tls", "certlc": {"outputs": ["fullchain", "key"], **certlc}}]},
+            "authenticationSettings": {"msiClientId": emulator.endpoints.principals["agent"]},
+            "certlc": {"ca_bundle": emulator.endpoints.ca_bundle}}))
+        return path
+
+    assert run_agent(settings(), agent_env, "--once").returncode == 0
+    current = store / "localhost.agent-tls.current"
+    port_file = tmp_path / "port"
+    server = subprocess.Popen([sys.executable, "-c", TLS_SERVER, str(current / "fullchain.pem"),
+                               str(current / "key.pem"), str(port_file)])
+    try:
+        wait_for(port_file.exists, 30)
+        port = int(port_file.read_text())
+        assert served_sha1(port) == vault.thumbprint("agent-tls")
+        verify = {"address": f"127.0.0.1:{port}", "server_name": "tls.contoso.com"}
+
+        # Renewed: installed, the server reloaded by the hook, the new thumbprint served.
+        second = vault.issue("agent-tls")
+        proc = run_agent(settings(reload=["kill", "-HUP", str(server.pid)], verify=verify), agent_env, "--once")
+        assert proc.returncode == 0, proc.stderr
+        assert outcomes(proc.stdout) == {"agent-tls": "Installed"}
+        assert served_sha1(port) == vault.thumbprint("agent-tls")
+        assert f"serves SHA-1 {vault.thumbprint('agent-tls')}" in proc.stderr
+
+        # Renewed again, but the reload command is broken: rolled back, reloaded, alerted; the old one is served.
+        served_before = served_sha1(port)
+        third = vault.issue("agent-tls")
+        proc = run_agent(settings(reload=["sh", "-c", "echo 'reload: config test failed' >&2; exit 1"],
+                                  verify=verify), agent_env, "--once")
+        assert proc.returncode == 1
+        assert outcomes(proc.stdout) == {"agent-tls": "RolledBack"}
+        assert "ALERT" in proc.stderr and "reload: config test failed" in proc.stderr
+        assert f"rolled back to version {second}" in proc.stderr
+        assert os.readlink(current) == f"localhost.agent-tls.versions/{second}"
+        assert served_sha1(port) == served_before != vault.thumbprint("agent-tls")
+
+        # A reload that "succeeds" without the server picking the certificate up fails verification: rolled back.
+        proc = run_agent(settings(reload=["true"], verify=verify), agent_env, "--once")
+        assert proc.returncode == 1 and outcomes(proc.stdout) == {"agent-tls": "RolledBack"}
+        assert "VerifyFailed" in proc.stderr and os.readlink(current).endswith(second)
+        assert served_sha1(port) == served_before
+        assert first != second != third
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
