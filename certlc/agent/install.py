@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from certlc.agent.material import Material
-from certlc.agent.settings import KEY_FORMS, Watched
+from certlc.agent.settings import KEY_FORMS as _KEY_FORMS
+from certlc.agent.settings import Watched
 from certlc.errors import CertlcError, ConfigError
 
 __all__ = [
@@ -259,7 +260,7 @@ class Installer:
             for form in self.options.outputs:
                 data = material.render(form, password=password, legacy=self.options.pfx.legacy,
                                        name=self.watched.secret_name.encode())
-                mode = self.options.mode if form in KEY_FORMS else self.options.public_mode
+                mode = self.options.mode if form in _KEY_FORMS else self.options.public_mode
                 path = directory / FILE_NAMES[form]
                 warnings += write_atomic(path, data, mode=mode, uid=owners.uid, gid=owners.gid)
                 files[form] = path

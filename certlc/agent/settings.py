@@ -45,7 +45,9 @@ from certlc.errors import ConfigError
 __all__ = [
     "DEFAULT_POLLING_INTERVAL",
     "DEFAULT_STORE_LOCATION",
+    "KEY_FORMS",
     "OUTPUT_FORMS",
+    "AclEntry",
     "AgentOptions",
     "AgentSettings",
     "AuthenticationSettings",
