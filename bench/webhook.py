@@ -363,6 +363,11 @@ state_dir = {json.dumps(str(state_dir))}
 [[vaults]]
 name = "contoso"
 url = "{VAULT_URL}"
+ca_profile = "adcs"
+
+[ca_profiles.adcs]
+kind = "adcs-web"
+endpoint = "https://ca01.contoso.com/certsrv"
 
 [webhook]
 host = "127.0.0.1"

@@ -111,6 +111,8 @@ class DevCASettings(_Model):
 
     state_dir: Path | None = Field(default=None, description="Where the CA keeps its keys; default <state_dir>/devca.")
     common_name: str = Field(default="certlc Dev Issuing CA", description="Issuing CA subject CN.")
+    allow_real_vaults: bool = Field(
+        default=False, description="Let a devca profile renew certificates of a vault that is not on loopback.")
     templates: list[TemplateSpec] = Field(
         default_factory=lambda: [
             TemplateSpec(name="WebServer", validity_days=730, ekus=[SERVER_AUTH]),
@@ -129,7 +131,9 @@ class DevCASettings(_Model):
 class CAProfile(_Model):
     """How to reach one CA and how its templates are named."""
 
-    kind: str = Field(default="devca", description="Connector kind: devca (later adcs, acme, cfssl, stepca).")
+    # Required: a forgotten kind must not quietly become the dev CA (a self-made key signing
+    # production certificates).
+    kind: str = Field(description="Connector kind: adcs-web, certreq, acme, cfssl, or devca (local stack only).")
     endpoint: str | None = Field(default=None, description="The CA's URL or config string, where it has one.")
     template_map: dict[str, str] = Field(
         default_factory=dict,
@@ -361,9 +365,7 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(default=Path(".certlc"), description="Local state: results, emulator, dev CA.")
     vaults: list[VaultSettings] = Field(default_factory=list, description="The vaults certlc manages.")
-    ca_profiles: dict[str, CAProfile] = Field(
-        default_factory=lambda: {"default": CAProfile(kind="devca")}, description="CA profiles by name."
-    )
+    ca_profiles: dict[str, CAProfile] = Field(default_factory=dict, description="CA profiles by name.")
     azure: AzureSettings = Field(default_factory=AzureSettings)
     renewal: RenewalSettings = Field(default_factory=RenewalSettings)
     devca: DevCASettings = Field(default_factory=DevCASettings)
@@ -380,10 +382,23 @@ class Settings(BaseSettings):
         for vault in self.vaults:
             if vault.ca_profile not in self.ca_profiles:
                 raise ValueError(
-                    f"vault {vault.name!r} uses CA profile {vault.ca_profile!r}, "
-                    f"which is not defined (defined: {', '.join(sorted(self.ca_profiles)) or 'none'})"
+                    f"vault {vault.name!r} uses CA profile {vault.ca_profile!r}, which is not defined "
+                    f"(defined: {', '.join(sorted(self.ca_profiles)) or 'none'}); set the vault's ca_profile and "
+                    f"define [ca_profiles.<name>] with its kind"
                 )
+            self.refuse_devca_for(vault, vault.ca_profile)
         return self
+
+    def refuse_devca_for(self, vault: VaultSettings, profile: str) -> None:
+        """The dev CA signs with a key it made itself: fine for the emulator, never for a real vault
+        unless ``devca.allow_real_vaults`` says so on purpose."""
+        chosen = self.ca_profiles.get(profile)
+        if chosen is not None and chosen.kind == "devca" and not is_loopback_url(vault.url) \
+                and not self.devca.allow_real_vaults:
+            raise ValueError(
+                f"vault {vault.name!r} ({vault.url}) would be renewed by CA profile {profile!r} of kind devca, the "
+                "local development CA; give the profile the kind of your CA (adcs-web, certreq, acme, cfssl), or "
+                "set devca.allow_real_vaults = true if this is really a test vault")
 
     @classmethod
     def settings_customise_sources(
@@ -503,15 +518,19 @@ def _anchor_paths(settings: Settings, base: Path) -> Settings:
 
 
 def _describe_validation(exc: ValidationError, path: Path | None) -> str:
-    first = exc.errors()[0]
-    parts = [str(p) for p in first["loc"]]
-    # Name the place the bad value came from: an environment variable, else the file.
-    env_name = "CERTLC_" + "__".join(parts[:2]).upper() if parts else ""
-    if env_name and env_name in os.environ:
-        where = f"environment variable {env_name}"
-    else:
-        where = f"config file {path}" if path else "configuration"
-    loc = ".".join(parts)
-    msg = first["msg"].removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-    return f"{where}: {loc + ': ' if loc else ''}{msg}{more}"
+    """Every problem (up to five), each naming where its value came from: an environment variable,
+    else the file. One fix-and-rerun per typo is a poor way to learn about the next one."""
+    described: list[tuple[str, str]] = []
+    for error in exc.errors()[:5]:
+        parts = [str(p) for p in error["loc"]]
+        env_name = "CERTLC_" + "__".join(parts[:2]).upper() if parts else ""
+        if env_name and env_name in os.environ:
+            where = f"environment variable {env_name}"
+        else:
+            where = f"config file {path}" if path else "configuration"
+        loc = ".".join(parts)
+        described.append((where, f"{loc + ': ' if loc else ''}{error['msg'].removeprefix('Value error, ')}"))
+    more = f" (and {exc.error_count() - 5} more problem(s))" if exc.error_count() > 5 else ""
+    if len({where for where, _ in described}) == 1:  # one source: name it once
+        return f"{described[0][0]}: " + "; ".join(text for _, text in described) + more
+    return "; ".join(f"{where}: {text}" for where, text in described) + more

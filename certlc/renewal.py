@@ -93,6 +93,11 @@ def ca_profile_name(snapshot: CertificateSnapshot, vault: VaultSettings, setting
             f"(configured: {', '.join(sorted(settings.ca_profiles))})",
             reason="CaProfileMissing", vault=snapshot.vault, certificate=snapshot.name,
         )
+    try:
+        settings.refuse_devca_for(vault, tagged)
+    except ValueError as exc:
+        raise InvalidInput(f"certificate {snapshot.name!r}: tag {settings.renewal.ca_profile_tag}={tagged!r}: {exc}",
+                           reason="CaProfileInvalid", vault=snapshot.vault, certificate=snapshot.name) from None
     return tagged
 
 

@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, TemplateCheck, TemplateStatus
-from certlc.ca.http import resolve_template
+from certlc.ca.http import check_options, resolve_template, timeout_option
 from certlc.config import CAProfile, Settings
 from certlc.errors import CertlcError, ConfigError, InvalidInput, TerminalError, TransientError
 from certlc.x509.chain import is_issued_by, order_chain
@@ -519,17 +519,16 @@ class CertreqConnector:
 def from_profile(name: str, profile: CAProfile, settings: Settings) -> CertreqConnector:
     """The connector for a ``kind: certreq`` profile. ``endpoint`` is the certreq config string
     ``<CA host>\\<CA name>``; ``options`` may set ``certreq`` (path of certreq.exe), ``certutil``
-    (path of certutil.exe, for ``ca check``), ``timeout`` (seconds, default 120) and ``work_dir``
-    (parent of the private temporary directories)."""
-    options = profile.options or {}
-    try:
-        timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
-    except (TypeError, ValueError):
-        raise ConfigError(f"CA profile {name!r}: options.timeout must be a number of seconds",
-                          reason="ConfigInvalid", profile=name) from None
-    if timeout <= 0:
-        raise ConfigError(f"CA profile {name!r}: options.timeout must be positive", reason="ConfigInvalid",
+    (path of certutil.exe, for ``ca check``), ``timeout_seconds`` (default 120; ``timeout`` is
+    its older name) and ``work_dir`` (parent of the private temporary directories)."""
+    options = dict(profile.options or {})
+    check_options(name, "certreq", options, {"certreq", "certutil", "timeout_seconds", "timeout", "work_dir"})
+    if "timeout" in options and "timeout_seconds" in options:
+        raise ConfigError(f"CA profile {name!r}: set timeout_seconds, not both it and timeout", reason="CaProfileInvalid",
                           profile=name)
+    if "timeout" in options:
+        options["timeout_seconds"] = options.pop("timeout")
+    timeout = timeout_option(name, options, DEFAULT_TIMEOUT)
     return CertreqConnector(
         name,
         profile.endpoint or "",

@@ -30,7 +30,7 @@ from pyasn1.type import univ
 
 from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, TemplateCheck, TemplateStatus
 from certlc.config import CAProfile, Settings, TemplateSpec
-from certlc.errors import InvalidInput, TerminalError, TransientError
+from certlc.errors import ConfigError, InvalidInput, TerminalError, TransientError
 from certlc.files import atomic_write
 from certlc.x509.templates import TEMPLATE_NAME_OID, TEMPLATE_V2_OID, encode_template_name, encode_template_v2
 from certlc.x509.usage import key_usage
@@ -392,5 +392,10 @@ class DevCAConnector:
 
 
 def from_profile(name: str, profile: CAProfile, settings: Settings) -> DevCAConnector:
+    # The dev CA is configured in [devca]; a profile's endpoint or options would be ignored, so a
+    # profile that sets them was surely meant for another kind.
+    if profile.options or profile.endpoint:
+        raise ConfigError(f"CA profile {name!r} is kind devca, which takes no endpoint or options (it is set up in "
+                          "[devca]); was another kind meant (adcs-web, certreq, acme, cfssl)?", reason="CaProfileInvalid")
     return DevCAConnector(name, DevCA(settings.devca_path, settings.devca.templates, settings.devca.common_name),
                           profile.template_map)

@@ -45,6 +45,12 @@ def check(
         settings = load_settings(config)
     except CertlcError as exc:
         exit_with_error(exc.message, 2)
+    if not settings.ca_profiles:
+        import os
+
+        source = config or os.environ.get("CERTLC_CONFIG")
+        where = f"configuration {source}" if source else "the configuration (no --config given, $CERTLC_CONFIG unset)"
+        exit_with_error(f"{where} defines no CA profiles ([ca_profiles.<name>] with its kind): nothing to check", 2)
     names = [profile] if profile else sorted(settings.ca_profiles)
     results = []
     for name in names:

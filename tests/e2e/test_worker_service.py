@@ -170,7 +170,8 @@ def test_worker_runs_as_a_service_and_stops_cleanly(prefect_api: str, tmp_path: 
 def _webhook_config(home: Path, port: int, state: Path) -> None:
     (home / "certlc.toml").write_text(
         f'state_dir = "{state}"\n'
-        '[[vaults]]\nname = "prod"\nurl = "https://contoso-certs.vault.azure.net"\n'
+        '[[vaults]]\nname = "prod"\nurl = "https://contoso-certs.vault.azure.net"\nca_profile = "adcs"\n'
+        '[ca_profiles.adcs]\nkind = "adcs-web"\nendpoint = "https://ca01.contoso.com/certsrv"\n'
         f'[webhook]\nhost = "127.0.0.1"\nport = {port}\nshared_key = "not-a-secret"\nenqueue = false\n')
 
 

@@ -12,6 +12,9 @@ state_dir = "state"
 [[vaults]]
 name = "demo"
 url = "https://localhost:8443"
+ca_profile = "dev"
+[ca_profiles.dev]
+kind = "devca"
 [renewal]
 concurrency = 3
 """
@@ -45,6 +48,16 @@ def test_environment_beats_the_file_and_code_beats_both(tmp_path: Path, monkeypa
         pytest.param("bogus = 1\n", "bogus", id="unknown key"),
         pytest.param("[[vaults]]\nname='x'\nurl='https://v'\nca_profile='nope'\n", "CA profile 'nope'",
                      id="undefined CA profile"),
+        pytest.param("[[vaults]]\nname='x'\nurl='https://v'\n", "uses CA profile 'default', which is not defined",
+                     id="no CA profile at all is not a silent dev CA"),
+        pytest.param("[[vaults]]\nname='x'\nurl='https://v'\nca_profile='adcs'\n[ca_profiles.adcs]\n"
+                     "endpoint='https://ca01/certsrv'\n", "ca_profiles.adcs.kind: Field required",
+                     id="a profile without its kind"),
+        pytest.param("[[vaults]]\nname='x'\nurl='https://kv.vault.azure.net'\nca_profile='d'\n[ca_profiles.d]\n"
+                     "kind='devca'\n", "the local development CA", id="the dev CA for a real vault"),
+        pytest.param("[renewal]\nconcurrency = 0\nrenew_before_days = -1\n",
+                     "renew_before_days: Input should be greater than 0; renewal.concurrency: Input should be",
+                     id="every problem is named, not just the first"),
     ],
 )
 def test_bad_configuration_is_one_clear_line(tmp_path: Path, text: str, fragment: str) -> None:

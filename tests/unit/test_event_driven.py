@@ -17,7 +17,9 @@ from certlc.vault import CertificateSnapshot
 from certlc.webhook.receiver import AcceptedEvent
 from certlc.webhook.sink import DeploymentStarter, RenewalSink, renewal_parameters
 
-SETTINGS = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net"}]})
+SETTINGS = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net",
+                                               "ca_profile": "adcs"}],
+                                    "ca_profiles": {"adcs": {"kind": "adcs-web"}}})
 NOW = dt.datetime(2026, 12, 3, tzinfo=dt.UTC)
 VERSION = "4b4c39e1f0a84aa0a1e7b5b3c8f7e6d5"
 EXP = NOW + dt.timedelta(days=40)  # 40 of 90 days left: certlc's own window (30 days) says not yet

@@ -46,9 +46,9 @@ CLOUD_EVENT = {
     "time": EG_EVENT["eventTime"], "data": EG_EVENT["data"], "specversion": "1.0",
 }
 SETTINGS = Settings.model_validate({"vaults": [
-    {"name": "prod", "url": "https://contoso-certs.vault.azure.net"},
-    {"name": "local", "url": "https://localhost:8443"},
-]})
+    {"name": "prod", "url": "https://contoso-certs.vault.azure.net", "ca_profile": "adcs"},
+    {"name": "local", "url": "https://localhost:8443", "ca_profile": "adcs"},
+], "ca_profiles": {"adcs": {"kind": "adcs-web"}}})
 
 
 def test_an_event_grid_array_gives_one_key_vault_event() -> None:

@@ -35,17 +35,17 @@ def snapshot(**kw) -> CertificateSnapshot:
 @pytest.mark.parametrize(
     ("template", "tags", "profile", "expected"),
     [
-        pytest.param({"name": "WebServer"}, {}, CAProfile(), "WebServer", id="a v1 name passes through"),
-        pytest.param({"oid": OID, "major": 1}, {}, CAProfile(template_map={OID: "WebServerV2"}), "WebServerV2",
+        pytest.param({"name": "WebServer"}, {}, CAProfile(kind="devca"), "WebServer", id="a v1 name passes through"),
+        pytest.param({"oid": OID, "major": 1}, {}, CAProfile(kind="devca", template_map={OID: "WebServerV2"}), "WebServerV2",
                      id="a v2 OID maps to the template's common name"),
-        pytest.param({"oid": OID}, {}, CAProfile(), OID, id="an unmapped v2 OID is sent as the OID"),
-        pytest.param(None, {"template": " Legacy "}, CAProfile(), "Legacy", id="the Template tag, any case"),
-        pytest.param({"name": "WebServer"}, {"Template": "Other"}, CAProfile(), "WebServer",
+        pytest.param({"oid": OID}, {}, CAProfile(kind="devca"), OID, id="an unmapped v2 OID is sent as the OID"),
+        pytest.param(None, {"template": " Legacy "}, CAProfile(kind="devca"), "Legacy", id="the Template tag, any case"),
+        pytest.param({"name": "WebServer"}, {"Template": "Other"}, CAProfile(kind="devca"), "WebServer",
                      id="the certificate's own template wins over the tag"),
-        pytest.param(None, {}, CAProfile(default_template="Fallback"), "Fallback", id="a profile default"),
-        pytest.param({"name": "WebServer"}, {"RenewWithTemplate": "WebServer2026"}, CAProfile(), "WebServer2026",
+        pytest.param(None, {}, CAProfile(kind="devca", default_template="Fallback"), "Fallback", id="a profile default"),
+        pytest.param({"name": "WebServer"}, {"RenewWithTemplate": "WebServer2026"}, CAProfile(kind="devca"), "WebServer2026",
                      id="the override tag wins over the certificate's template (a migration)"),
-        pytest.param({"oid": OID}, {"renewwithtemplate": "1.2.3"}, CAProfile(template_map={"1.2.3": "New"}), "New",
+        pytest.param({"oid": OID}, {"renewwithtemplate": "1.2.3"}, CAProfile(kind="devca", template_map={"1.2.3": "New"}), "New",
                      id="the override goes through the template map"),
     ],
 )
@@ -55,7 +55,7 @@ def test_template_resolution(template, tags, profile, expected) -> None:
 
 def test_no_template_and_no_tag_is_refused_with_a_hint() -> None:
     with pytest.raises(InvalidInput, match="no template extension and no 'Template' tag") as info:
-        resolve_template(snapshot(), CAProfile(), SETTINGS)
+        resolve_template(snapshot(), CAProfile(kind="devca"), SETTINGS)
     assert info.value.reason == "TemplateMissing"
 
 
@@ -167,6 +167,7 @@ def _two_ca_settings() -> Settings:
     return Settings.model_validate({
         "vaults": [{"name": "v", "url": "https://v.vault.azure.net", "ca_profile": "adcs"}],
         "ca_profiles": {"adcs": {"kind": "devca"}, "public": {"kind": "templateless-test"}},
+        "devca": {"allow_real_vaults": True},
     })
 
 
@@ -198,7 +199,7 @@ def test_a_ca_without_templates_needs_none_and_one_with_templates_refuses_withou
     with pytest.raises(InvalidInput) as info:
         choose_ca(snapshot(), vault, settings)
     assert info.value.reason == "TemplateMissing"
-    assert resolve_template(snapshot(), CAProfile(), SETTINGS, required=False) == ""
+    assert resolve_template(snapshot(), CAProfile(kind="devca"), SETTINGS, required=False) == ""
 
 
 # --- a denial is remembered per version, template and CA profile --------------------------------

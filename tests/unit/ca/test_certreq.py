@@ -396,6 +396,13 @@ def test_from_profile(pki: PKI) -> None:
     assert fake.calls[0][:5] == ["C:\\Windows\\System32\\certreq.exe", "-submit", "-q", "-config", CONFIG]
     with pytest.raises(ConfigError):
         from_profile("corp", CAProfile(kind="certreq", endpoint=CONFIG, options={"timeout": "soon"}), None)  # type: ignore[arg-type]
+    # timeout_seconds, as every other kind names it; bad values and unknown options are refused by name.
+    assert from_profile("corp", CAProfile(kind="certreq", endpoint=CONFIG, options={"timeout_seconds": 45}),
+                        None).timeout == 45  # type: ignore[arg-type]
+    for options, fragment in (({"timeout_seconds": -3}, "timeout_seconds must be a positive number"),
+                              ({"timout": 5}, r"unknown option\(s\) \['timout'\]")):
+        with pytest.raises(ConfigError, match=fragment):
+            from_profile("corp", CAProfile(kind="certreq", endpoint=CONFIG, options=options), None)  # type: ignore[arg-type]
 
 
 def test_default_runner_uses_no_shell(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,8 @@ TEMPLATES = [
 
 @pytest.fixture
 def connector(tmp_path: Path):
-    settings = load_settings(state_dir=str(tmp_path), devca={"templates": TEMPLATES})
+    settings = load_settings(state_dir=str(tmp_path), devca={"templates": TEMPLATES},
+                             ca_profiles={"default": {"kind": "devca"}})
     return connector_for("default", settings)
 
 
@@ -142,3 +143,11 @@ def test_check_templates_of_an_offline_dev_ca_is_transient(connector) -> None:
     (connector.ca.state_dir / OFFLINE_FILE).touch()
     with pytest.raises(TransientError):
         connector.check_templates(["WebServer"])
+
+
+@pytest.mark.parametrize("profile", [{"kind": "devca", "options": {"foo": 1}},
+                                     {"kind": "devca", "endpoint": "https://ca01.contoso.com/certsrv"}])
+def test_a_dev_ca_profile_with_an_endpoint_or_options_was_meant_for_another_kind(tmp_path: Path, profile) -> None:
+    settings = load_settings(state_dir=str(tmp_path), ca_profiles={"adcs": profile})
+    with pytest.raises(ConfigError, match="was another kind meant"):
+        connector_for("adcs", settings)

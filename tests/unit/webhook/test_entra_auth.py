@@ -108,7 +108,8 @@ def entra(url: str, **overrides: Any) -> dict[str, Any]:
 
 
 def app_for(url: str, sink: Recorder, **overrides: Any) -> TestClient:
-    settings = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net"}],
+    settings = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net", "ca_profile": "adcs"}],
+                                        "ca_profiles": {"adcs": {"kind": "adcs-web"}},
                                         "webhook": {"shared_key": KEY, "entra": entra(url, **overrides)}})
     return TestClient(create_app(settings, sink))
 

@@ -46,7 +46,8 @@ def sink() -> Recorder:
 
 @pytest.fixture
 def client(sink: Recorder) -> TestClient:
-    settings = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net"}],
+    settings = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net", "ca_profile": "adcs"}],
+                                        "ca_profiles": {"adcs": {"kind": "adcs-web"}},
                                         "webhook": {"shared_key": KEY, "max_body_bytes": 4096}})
     return TestClient(create_app(settings, sink))
 
@@ -141,7 +142,8 @@ def test_a_sink_failure_is_a_503_so_event_grid_delivers_again(client: TestClient
 
 
 def test_without_a_configured_key_every_delivery_is_refused(sink: Recorder) -> None:
-    settings = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net"}]})
+    settings = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net", "ca_profile": "adcs"}],
+                                        "ca_profiles": {"adcs": {"kind": "adcs-web"}}})
     client = TestClient(create_app(settings, sink))
     assert post(client, [EVENT], key=None).status_code == 401
     assert post(client, [EVENT], key="anything").status_code == 401
@@ -174,7 +176,8 @@ def test_hostile_deliveries_get_a_4xx_and_reach_nothing(client: TestClient, sink
         handshake = {"id": "v-1", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "subject": "",
                      "data": {"validationCode": "CODE"}, "dataVersion": "1", "eventTime": "2026-11-23T15:53:16Z"}
         raw = json.dumps([handshake, event]).encode()
-    settings = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net"}],
+    settings = Settings.model_validate({"vaults": [{"name": "prod", "url": "https://contoso-certs.vault.azure.net", "ca_profile": "adcs"}],
+                                        "ca_profiles": {"adcs": {"kind": "adcs-web"}},
                                         "webhook": {"shared_key": KEY}})
     big_client = TestClient(create_app(settings, sink))
     with caplog.at_level(logging.INFO, logger="certlc.webhook"):
