@@ -12,13 +12,19 @@ message:" says pending or denied. ``check_templates`` reads the advanced request
 enrol on (see :func:`parse_template_list`).
 
 Profile options: ``auth`` (``negotiate`` | ``ntlm`` | ``kerberos`` | ``basic`` |
-``client_certificate``), ``username``, ``password_env`` (the variable holding the password; the
-password itself is never logged nor put in a message), ``spn`` (Kerberos service principal,
-default ``HTTP/<endpoint host>``), ``ca_bundle``, ``client_certificate``/``client_key``,
-``timeout_seconds``. negotiate, ntlm and kerberos are IIS's Windows Authentication
-(:mod:`certlc.ca.winauth`, RFC 4559 on pyspnego, with the TLS channel binding IIS Extended
-Protection asks for); negotiate and kerberos without ``password_env`` use the worker's own
-Kerberos ticket cache or keytab (a gMSA or the machine account of a domain-joined worker).
+``client_certificate``), ``username``, ``password_env`` (the variable holding the password) or
+``password_file`` (a file holding it, as systemd credentials and Kubernetes secrets provide it;
+not readable by others); the password itself is never logged nor put in a message. ``spn``
+(Kerberos service principal, default ``HTTP/<endpoint host>``), ``ca_bundle``,
+``client_certificate``/``client_key``, ``timeout_seconds``. negotiate, ntlm and kerberos are
+IIS's Windows Authentication (:mod:`certlc.ca.winauth`, RFC 4559 on pyspnego, with the TLS
+channel binding IIS Extended Protection asks for); negotiate and kerberos without a password use
+the worker's own Kerberos ticket cache or keytab (a gMSA or the machine account of a
+domain-joined worker). Basic authentication over plain ``http://`` is refused (the password would
+cross the network in clear text) unless the CA is on loopback; see :func:`_plain_http`.
+
+``check`` asks for the certsrv home page and passes only if it is one (:func:`is_home_page`):
+an IIS default site, a login proxy or any other web server answering 200 is a problem.
 
 Errors: no connection, timeouts and HTTP 5xx/408/429 are :class:`TransientError`; 401/403
 :class:`TerminalError` ``CaAuthFailed``; a page certlc cannot read :class:`TerminalError`
@@ -35,10 +41,12 @@ import logging
 import os
 import re
 import ssl
+import stat
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography import x509
@@ -56,12 +64,12 @@ from certlc.ca.http import (
     trust_context,
 )
 from certlc.ca.winauth import WindowsAuth, split_spn
-from certlc.config import CAProfile, Settings
+from certlc.config import CAProfile, Settings, is_loopback_url
 from certlc.errors import CertlcError, ConfigError, InvalidInput, TerminalError, first_line
 from certlc.x509.load import load_certificates, load_csr
 
-__all__ = ["KIND", "CertsrvConnector", "OfferedTemplate", "TemplateList", "from_profile", "parse_certificates",
-           "parse_page", "parse_template_list"]
+__all__ = ["KIND", "CertsrvConnector", "OfferedTemplate", "TemplateList", "from_profile", "is_home_page",
+           "parse_certificates", "parse_page", "parse_template_list"]
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +243,60 @@ def parse_template_list(page: str) -> TemplateList:
     return TemplateList(reader.found, tuple(offered), error)
 
 
+# The certsrv home page (certdflt.asp, served as /certsrv/) links to its tasks: "Request a
+# certificate" (certrqus.asp; certrqxt.asp for a text-only browser; certrqad.asp on an enterprise
+# CA offering the user no template), "View the status of a pending certificate request"
+# (certckpn.asp) and "Download a CA certificate, certificate chain, or CRL" (certcarc.asp). The
+# title and the link texts are translated in a localised AD CS; the file names are not.
+HOME_PAGE_LINKS = frozenset({"certrqus.asp", "certrqxt.asp", "certrqad.asp", "certckpn.asp", "certcarc.asp"})
+_MAX_HOME_PAGE = 512 * 1024  # a home page is a few KB; a huge body is not one
+
+
+class _HomeReader(HTMLParser):
+    """The file names an ``<a href>`` points at (lower case, no path or query) and the ``<title>``."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.targets: set[str] = set()
+        self.title: list[str] = []
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            for name, value in attrs:
+                if name == "href" and value:
+                    try:
+                        path = urlsplit(value.strip()).path
+                    except ValueError:
+                        continue
+                    self.targets.add(path.rsplit("/", 1)[-1].lower())
+        elif tag == "title":
+            self._in_title = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title.append(data)
+
+
+def _read_home(page: str) -> _HomeReader:
+    reader = _HomeReader()
+    reader.feed(page[:_MAX_HOME_PAGE])
+    reader.close()
+    return reader
+
+
+def is_home_page(page: str) -> bool:
+    """True when ``page`` is AD CS web enrollment's home page: it links to at least two of the
+    certsrv task pages (:data:`HOME_PAGE_LINKS`). The links are what every version and language
+    of the page has in common; an IIS default site, a login proxy or nginx's welcome page has
+    none of them."""
+    return len(_read_home(page).targets & HOME_PAGE_LINKS) >= 2
+
+
 def _spki(key: Any) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -398,11 +460,29 @@ class CertsrvConnector:
         return Disposition(found.status, request_id, reason=found.reason, message=found.message)
 
     def check(self) -> Health:
+        """The certsrv home page answers, with certlc's credentials, and is AD CS's: any web
+        server answers *something* with 200, so the page itself must be recognised."""
         try:
-            self._send("GET", "")
+            response = self._send("GET", "")
         except CertlcError as exc:
             return Health(ok=False, problems=[exc.message])
-        return Health(ok=True)
+        if 200 <= response.status_code < 300 and is_home_page(response.text):
+            return Health(ok=True)
+        return Health(ok=False, problems=[
+            f"the web server at {self.endpoint}/ answered, but not with AD CS web enrollment pages "
+            f"({self._what_answered(response)}); check the endpoint (it ends in /certsrv)"])
+
+    @staticmethod
+    def _what_answered(response: httpx.Response) -> str:
+        status = response.status_code
+        if 300 <= status < 400:
+            location = response.headers.get("location", "")
+            return f"HTTP {status}, a redirect to {location[:200]!r}" if location else f"HTTP {status}, a redirect"
+        ctype = response.headers.get("content-type", "").split(";")[0].strip()
+        if ctype and "html" not in ctype:
+            return f"HTTP {status}, {ctype[:80]}"
+        title = " ".join("".join(_read_home(response.text).title).split())
+        return f"HTTP {status}, a page titled {title[:120]!r}" if title else f"HTTP {status}, a page without the certsrv links"
 
     def check_templates(self, templates: list[str]) -> list[TemplateCheck]:
         """Each template against the list certrqxt.asp offers this account (nothing is submitted)."""
@@ -463,16 +543,104 @@ def _ssl_context(name: str, options: dict[str, Any], auth_kind: str) -> ssl.SSLC
     return context
 
 
+def _has_password(options: dict[str, Any]) -> bool:
+    return bool(options.get("password_env") or options.get("password_file"))
+
+
 def _password(name: str, options: dict[str, Any]) -> str:
-    variable = options.get("password_env")
+    variable, file = options.get("password_env"), options.get("password_file")  # not both: from_profile
+    if file:
+        return _password_from_file(name, str(file))
     if not variable:
         raise ConfigError(f"CA profile {name!r}: options.password_env must name the environment variable "
-                          "holding the password", reason="CaProfileInvalid")
+                          "holding the password (or options.password_file the file holding it)",
+                          reason="CaProfileInvalid")
     value = os.environ.get(str(variable), "")
     if not value:
         raise ConfigError(f"CA profile {name!r}: environment variable {variable} (password_env) is not set",
                           reason="CaProfileInvalid")
     return value
+
+
+_MAX_PASSWORD_FILE = 64 * 1024
+
+
+def _password_from_file(name: str, value: str) -> str:
+    """The password in ``password_file``: its text less the trailing newline. A systemd credential
+    (``$CREDENTIALS_DIRECTORY/<name>``, 0400) or a Kubernetes secret volume (``defaultMode: 0400``)
+    fits; a file every user of the machine may read is refused, as is a FIFO or directory."""
+    where = f"CA profile {name!r}: options.password_file {value!r}"
+    path = Path(value).expanduser()
+    try:
+        # O_NONBLOCK: a FIFO planted at the path must not hang the worker (ignored for a regular file).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            info = os.fstat(fd)  # the file opened, not whatever the path names a moment later
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"{where} is not a regular file", reason="CaProfileInvalid")
+            if os.name != "nt" and info.st_mode & stat.S_IROTH:
+                raise ConfigError(
+                    f"{where} is readable by every user on this machine (mode {stat.S_IMODE(info.st_mode):04o}); "
+                    f"make it readable by certlc's account only: chmod 600 {value} (or 640 with a group only "
+                    "certlc's account is in; a Kubernetes secret volume: defaultMode 0400)",
+                    reason="CaProfileInvalid")
+            handle = open(fd, "rb")  # noqa: SIM115 - closed below; it owns the descriptor from here
+        except BaseException:
+            os.close(fd)
+            raise
+        with handle:
+            data = handle.read(_MAX_PASSWORD_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror or first_line(exc)}",
+                          reason="CaProfileInvalid") from None
+    if len(data) > _MAX_PASSWORD_FILE:
+        raise ConfigError(f"{where} is too large to hold a password", reason="CaProfileInvalid")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text", reason="CaProfileInvalid") from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ConfigError(f"{where} is empty", reason="CaProfileInvalid")
+    if "\n" in password or "\r" in password:
+        raise ConfigError(f"{where} holds more than one line; put only the password in it",
+                          reason="CaProfileInvalid")
+    return password
+
+
+_WARNED_PLAIN_HTTP: set[tuple[str, str, str]] = set()
+
+
+def _plain_http(name: str, endpoint: str, auth_kind: str) -> None:
+    """What each ``auth`` may do over plain ``http://`` to another machine (loopback is exempt:
+    nothing crosses a network there, and the local stack and tests use it).
+
+    * ``basic`` is refused: Basic puts the password itself in every request, base64-encoded, not
+      encrypted; anyone on the path reads it.
+    * ``client_certificate`` is refused: without TLS there is no client certificate to present.
+    * ``negotiate``, ``ntlm`` and ``kerberos`` are warned about, not refused. The password never
+      crosses the network, so refusing would only lock out the many certsrv sites that still
+      answer on http (web enrollment installs with an http binding). But without TLS there is
+      no channel binding: a man in the middle can relay certlc's handshake to the CA and enrol
+      certificates as certlc's account (ESC8, the attack Microsoft's KB5005413 answers with
+      HTTPS and Extended Protection), the NTLM response can be cracked offline for the password,
+      and the request and the certificate travel unprotected. The warning names the fix.
+    """
+    if urlsplit(endpoint).scheme.lower() != "http" or is_loopback_url(endpoint):
+        return
+    if auth_kind == "basic":
+        raise ConfigError(f"CA profile {name!r}: auth basic over plain http:// would send the password in clear "
+                          f"text to {endpoint}; use the site's https:// URL (IIS: add an https binding), or a "
+                          "Windows authentication (auth = \"negotiate\")", reason="CaProfileInvalid")
+    if auth_kind == "client_certificate":
+        raise ConfigError(f"CA profile {name!r}: auth client_certificate needs an https:// endpoint (plain http has "
+                          f"no TLS to present the certificate in): {endpoint}", reason="CaProfileInvalid")
+    key = (name, endpoint, auth_kind)
+    if key not in _WARNED_PLAIN_HTTP:  # once per process, not once per renewal
+        _WARNED_PLAIN_HTTP.add(key)
+        log.warning("CA profile %r: auth %s over plain http:// (%s) does not reveal the password, but without TLS "
+                    "the handshake can be relayed to the CA (ESC8) and the request and certificate travel "
+                    "unprotected; use the site's https:// URL with IIS Extended Protection", name, auth_kind, endpoint)
 
 
 def _auth(name: str, options: dict[str, Any], auth_kind: str) -> httpx.Auth | None:
@@ -488,17 +656,17 @@ def _auth(name: str, options: dict[str, Any], auth_kind: str) -> httpx.Auth | No
             except ValueError as exc:
                 raise ConfigError(f"CA profile {name!r}: options.spn: {exc}", reason="CaProfileInvalid") from None
         # negotiate and kerberos may go without a password: the worker's own ticket cache or keytab.
-        password = _password(name, options) if options.get("password_env") or auth_kind == "ntlm" else None
+        password = _password(name, options) if _has_password(options) or auth_kind == "ntlm" else None
         if password is not None and not username:
-            raise ConfigError(f"CA profile {name!r}: auth {auth_kind} with password_env needs options.username "
+            raise ConfigError(f"CA profile {name!r}: auth {auth_kind} with a password needs options.username "
                               "(DOMAIN\\user or user@REALM)", reason="CaProfileInvalid")
         kerberos_only = auth_kind == "kerberos" or password is None
         if kerberos_only and not _kerberos_available():
             raise ConfigError(f"CA profile {name!r}: auth {auth_kind} "
-                              f"{'without password_env ' if auth_kind == 'negotiate' else ''}needs Kerberos, and the "
+                              f"{'without a password ' if auth_kind == 'negotiate' else ''}needs Kerberos, and the "
                               "worker lacks the gssapi and krb5 Python packages (pip install 'certlc[kerberos]'; "
                               "building them needs libkrb5-dev and a C compiler); or give a username and "
-                              "password_env for NTLM", reason="CaProfileInvalid")
+                              "password_env or password_file for NTLM", reason="CaProfileInvalid")
         return WindowsAuth(auth_kind, username=username or None, password=password, spn=spn)  # type: ignore[arg-type]
     if spn := options.get("spn"):
         raise ConfigError(f"CA profile {name!r}: options.spn {spn!r} applies to auth negotiate, ntlm or kerberos only",
@@ -518,13 +686,17 @@ def _kerberos_available() -> bool:
 def from_profile(name: str, profile: CAProfile, settings: Settings) -> CertsrvConnector:
     del settings  # everything sits in the CA profile
     options = profile.options or {}
-    check_options(name, KIND, options, {"auth", "username", "password_env", "spn", "ca_bundle",
+    check_options(name, KIND, options, {"auth", "username", "password_env", "password_file", "spn", "ca_bundle",
                                         "client_certificate", "client_key", "timeout_seconds"})
     endpoint = http_endpoint(name, KIND, profile.endpoint, "the certsrv URL, e.g. https://ca.contoso.com/certsrv")
     auth_kind = str(options.get("auth") or "basic").lower()
     if auth_kind not in AUTH_KINDS:
         raise ConfigError(f"CA profile {name!r}: options.auth {auth_kind!r} is not one of {', '.join(AUTH_KINDS)}",
                           reason="CaProfileInvalid")
+    if options.get("password_env") and options.get("password_file"):
+        raise ConfigError(f"CA profile {name!r}: options.password_env and options.password_file both name the "
+                          "password; keep one", reason="CaProfileInvalid")
+    _plain_http(name, endpoint, auth_kind)
     timeout = timeout_option(name, options, DEFAULT_TIMEOUT)
     return CertsrvConnector(
         name,

@@ -12,7 +12,9 @@ It speaks the contract of docs/azure-reference.md §11.3, byte for byte where cl
 * ``GET /certsrv/certnew.p7b?ReqID=N&Enc=b64|bin``: PKCS#7 with the certificate and its chain,
   the SET not in chain order; b64 puts the PKCS#7 inside ``BEGIN CERTIFICATE`` armor with CRLF,
   as AD CS does.
-* ``GET /certsrv/`` and ``/certsrv/certckpn.asp``: plain pages (a health probe target).
+* ``GET /certsrv/``: the Welcome page (certdflt.asp) with the title, header and task links
+  (``certrqus.asp``, ``certckpn.asp``, ``certcarc.asp``) of a real one; ``certlc ca check`` knows
+  the site by those links. ``/certsrv/certckpn.asp``: a plain page.
 * ``GET /certsrv/certrqxt.asp``: the advanced request page, whose ``<Select Name=lbCertTemplate>``
   offers the templates the caller may enrol on, one ``<Option>`` each, written as AD CS's
   ``certsgcl.inc`` (``EnumTemplates``) writes them: ``Value="E;<cn>;<key spec>;<key flags>;
@@ -132,6 +134,27 @@ def _page(ca_name: str, body: str) -> str:
 
 def _title(text: str) -> str:
     return f"<P ID=locPageTitle> <B> {text} </B>\r\n"
+
+
+def _home_page(ca_name: str) -> str:
+    """The Welcome page (certdflt.asp) with its three tasks, whose links are what clients (and
+    ``certlc ca check``) know the site by: the texts are localised, the .asp names are not."""
+    def task(loc_id: str, href: str, text: str) -> str:
+        return (f'<TR>\r\n\t<TD><LocID ID={loc_id}><A Href="{href}"><Font Face="Arial">{text}</Font></A>'
+                "</LocID></TD>\r\n</TR>\r\n")
+
+    return _page(ca_name, (
+        "<P><LocID ID=locPageTitle> <B> Welcome </B></LocID>\r\n"
+        "<P><LocID ID=locPageDesc>\r\nUse this Web site to request a certificate for your Web browser, "
+        "e-mail client, or other program, to download the CA certificate, its chain or CRL, or to see "
+        "whether a pending request was issued.</LocID>\r\n"
+        "<P>\r\n<Table Border=0 CellSpacing=0 CellPadding=0>\r\n<TR>\r\n"
+        "\t<TD ColSpan=2 ID=locPrompt><Font Face=\"Arial\"><B>Select a task:</B></Font></TD>\r\n</TR>\r\n"
+        + task("locLblRequestCert", "certrqus.asp", "Request a certificate")
+        + task("locLblCheckPend", "certckpn.asp", "View the status of a pending certificate request")
+        + task("locLblRetrieveRoot", "certcarc.asp", "Download a CA certificate, certificate chain, or CRL")
+        + "</Table>\r\n"
+    ))
 
 
 def _issued_page(ca_name: str, request_id: str) -> str:
@@ -437,12 +460,7 @@ def certsrv_app(ca: DevCA, *, users: dict[str, str] | None = None, realm: str = 
     async def home(request: Request) -> Response:
         if (refused := guard(request)) is not None:
             return refused
-        return HTMLResponse(_page(display, _title("Welcome") + (
-            "<P ID=locInfo>Use this Web site to request a certificate for your Web browser, e-mail client, "
-            "or other program.</P>\r\n"
-            '<LI><A Href="certrqus.asp">Request a certificate</A>\r\n'
-            '<LI><A Href="certckpn.asp">View the status of a pending certificate request</A>\r\n'
-            '<LI><A Href="certcarc.asp">Download a CA certificate, certificate chain, or CRL</A>\r\n')))
+        return HTMLResponse(_home_page(display))
 
     async def advanced_request(request: Request) -> Response:
         if (refused := guard(request)) is not None:

@@ -4,7 +4,9 @@
 certsrv HTML contract (``certlc.ca.certsrv_sim``), with its own TLS CA, IIS's Windows
 Authentication (NTLM, with Extended Protection: the TLS channel binding is required) for one
 service account whose password comes from the environment (never the command line), and the
-worker renews through the ``adcs-web`` connector exactly as it would against a real AD CS.
+worker renews through the ``adcs-web`` connector exactly as it would against a real AD CS (its
+profile reads the same password from a 0600 file, ``password_file``: see
+``certlc.localca.select``).
 
 Run as ``python -m certlc.localca.certsrv --devca DIR --port N --tls-dir DIR --user NAME``
 with the password in ``$CERTLC_CERTSRV_PASSWORD``.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -55,8 +58,10 @@ def start_certsrv(devca_dir: Path, folder: Path, log: Path, *, port: int | None 
     proc = _spawn(cmd, log, {PASSWORD_ENV: password})
     endpoint = f"https://127.0.0.1:{port}/certsrv"
 
+    trust = ssl.create_default_context(cafile=str(tls.ca_pem))
+
     def ready() -> bool:  # any answer over trusted TLS (401 included) means it is serving
-        return httpx.get(endpoint + "/", verify=str(tls.ca_pem), timeout=2).status_code in (200, 401)
+        return httpx.get(endpoint + "/", verify=trust, timeout=2).status_code in (200, 401)
 
     wait_until(proc, ready, "the AD CS web enrollment simulator", log, timeout)
     return LocalCertsrv(endpoint, tls.ca_pem, USER, password, proc)

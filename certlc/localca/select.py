@@ -1,8 +1,9 @@
 """Which CA the local stack renews through: one value (``certlc up --ca``, ``make demo CA=...``).
 
 ``devca`` signs in the worker's process; ``adcs-web`` runs the AD CS web-enrollment simulator
-over HTTPS with NTLM (Extended Protection on); ``cfssl`` runs a real ``cfssl serve``; ``acme`` runs a real Pebble
-(with pebble-challtestsrv as its DNS) and answers http-01 from a webroot served on loopback.
+over HTTPS with NTLM (Extended Protection on), the password in a 0600 file the profile names
+(``password_file``); ``cfssl`` runs a real ``cfssl serve``; ``acme`` runs a real Pebble (with
+pebble-challtestsrv as its DNS) and answers http-01 from a webroot served on loopback.
 Each gives the CA profile's TOML and starts its servers once the configuration exists.
 """
 
@@ -60,7 +61,7 @@ def plan_local_ca(kind: str, root: Path, templates: list[TemplateSpec]) -> Local
     if kind == "devca":
         return LocalCaPlan(kind, "devca", _table("devca", "devca", None, {}))
     if kind == "adcs-web":
-        from certlc.localca.certsrv import PASSWORD_ENV, USER, start_certsrv
+        from certlc.localca.certsrv import USER, start_certsrv
         from certlc.localca.tls import localhost_tls
 
         port, password = free_port(), secrets.token_urlsafe(18)
@@ -74,11 +75,17 @@ def plan_local_ca(kind: str, root: Path, templates: list[TemplateSpec]) -> Local
                                  config=config)
             return [Started("certsrv", site.proc, f"tcp://127.0.0.1:{port}", logs / "certsrv.log")]
 
+        # The password sits in a 0600 file the profile names (password_file), so every certlc
+        # command run with the stack's certlc.toml (`certlc ca check`, `certlc renew` from another
+        # shell) finds it, not only the worker; the simulator gets it from its environment.
+        password_file = folder / "certsrv-password"
+        atomic_write(password_file, password + "\n", PRIVATE_FILE_MODE)
         # NTLM over HTTPS with the channel binding IIS's Extended Protection requires, as a real
         # certsrv is set up (a domain-joined worker would use negotiate with its own ticket).
-        options = {"auth": "ntlm", "username": USER, "password_env": PASSWORD_ENV, "ca_bundle": str(tls.ca_pem)}
+        options = {"auth": "ntlm", "username": USER, "password_file": str(password_file),
+                   "ca_bundle": str(tls.ca_pem)}
         return LocalCaPlan(kind, "adcs-web", _table("adcs-web", "adcs-web", endpoint, options, names),
-                           {PASSWORD_ENV: password}, start_adcs)
+                           {}, start_adcs)
     if kind == "cfssl":
         from certlc.localca.cfssl import start_cfssl
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import ipaddress
 import threading
 import time
@@ -123,11 +124,11 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 def _connector(site: Site, monkeypatch: pytest.MonkeyPatch, *, password: str = PASSWORD,
-               ca_bundle: Path | None = None) -> CAConnector:
+               ca_bundle: Path | None = None, endpoint: str | None = None) -> CAConnector:
     monkeypatch.setenv(PASSWORD_ENV, password)
     settings = Settings.model_validate({"ca_profiles": {"adcs": {
         "kind": "adcs-web",
-        "endpoint": f"https://localhost:{site.port}/certsrv",
+        "endpoint": endpoint or f"https://localhost:{site.port}/certsrv",
         "options": {"auth": "basic", "username": USER, "password_env": PASSWORD_ENV,
                     "ca_bundle": str(ca_bundle or site.tls_ca), "timeout_seconds": 5},
     }}})
@@ -228,3 +229,34 @@ def test_check_healthy_then_unhealthy_after_stop(site: Site, monkeypatch: pytest
     finally:
         connector.close()  # type: ignore[attr-defined]
     assert not health.ok and health.problems
+
+
+def test_http_to_the_https_site_hints_at_https(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    connector = _connector(site, monkeypatch, endpoint=f"http://localhost:{site.port}/certsrv")
+    with pytest.raises(TransientError) as caught:
+        connector.submit(_request("WebServer")[0])
+    assert caught.value.reason == "CAUnavailable"
+    assert str(caught.value).endswith("(the server may expect HTTPS: use https://)"), str(caught.value)
+    [problem] = connector.check().problems
+    assert problem.endswith("(the server may expect HTTPS: use https://)")
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    """A plain HTTP server: it answers a TLS ClientHello with "HTTP/1.0 400 Bad request"."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_https_to_a_plain_http_server_hints_at_http(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        connector = _connector(site, monkeypatch, endpoint=f"https://localhost:{server.server_address[1]}/certsrv")
+        [problem] = connector.check().problems
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert "cannot be reached" in problem and "WRONG_VERSION_NUMBER" in problem
+    assert problem.endswith("(the server answers plain HTTP: use http:// or the HTTPS port)"), problem

@@ -3,6 +3,7 @@ templates the account may not enrol on, and bad configuration — each said in p
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
@@ -19,7 +20,8 @@ from certlc.ca.base import Health
 from certlc.ca.certsrv_sim import certsrv_app
 from certlc.ca.devca import DevCA
 from certlc.cli.ca import check
-from certlc.config import TemplateSpec
+from certlc.config import TemplateSpec, load_settings
+from certlc.localca.select import plan_local_ca
 from certlc.stack import free_port
 
 USER = "CONTOSO\\svc-certlc"
@@ -35,9 +37,12 @@ def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
-def write(tmp_path: Path, cfssl_port: int, certsrv_port: int = 0) -> Path:
+def write(tmp_path: Path, cfssl_port: int, certsrv_port: int = 0, other_port: int = 0) -> Path:
     path = tmp_path / "certlc.toml"
     certsrv = f"http://127.0.0.1:{certsrv_port or free_port()}/certsrv"
+    secret = tmp_path / "certsrv-password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
     path.write_text(f"""
 state_dir = "{tmp_path}"
 [devca]
@@ -60,6 +65,20 @@ kind = "adcs-web"
 endpoint = "{certsrv}"
 default_template = "WebServer"
 options = {{ auth = "basic", username = 'CONTOSO\\svc-certlc', password_env = "CERTSRV_CLI_WRONG", timeout_seconds = 5 }}
+[ca_profiles.adcs-file]
+kind = "adcs-web"
+endpoint = "{certsrv}"
+default_template = "WebServer"
+options = {{ auth = "basic", username = 'CONTOSO\\svc-certlc', password_file = "{secret}", timeout_seconds = 5 }}
+[ca_profiles.not-certsrv]
+kind = "adcs-web"
+endpoint = "http://127.0.0.1:{other_port or free_port()}/certsrv"
+default_template = "WebServer"
+options = {{ auth = "basic", username = 'CONTOSO\\svc-certlc', password_env = "CERTSRV_CLI_PW", timeout_seconds = 5 }}
+[ca_profiles.cleartext]
+kind = "adcs-web"
+endpoint = "http://ca01.contoso.com/certsrv"
+options = {{ auth = "basic", username = 'CONTOSO\\svc-certlc', password_env = "CERTSRV_CLI_PW" }}
 [ca_profiles.broken]
 kind = "acme-someday"
 """)
@@ -202,3 +221,79 @@ def test_a_ca_without_templates_checks_none(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(SystemExit):
         check("dev", template=["X"], config=config)
     assert "templates not checked (X): the devca CA issues without templates" in capsys.readouterr().out
+
+
+class _Welcome(http.server.BaseHTTPRequestHandler):
+    """nginx's welcome page for any path: a web server that answers 200 but is no AD CS."""
+
+    def do_GET(self) -> None:
+        body = (b"<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head>"
+                b"<body><h1>Welcome to nginx!</h1></body></html>")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def welcome_port() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Welcome)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def test_a_web_server_that_is_not_ad_cs_is_a_problem(tmp_path: Path, welcome_port: int) -> None:
+    proc = run(write(tmp_path, free_port(), other_port=welcome_port), "not-certsrv")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"not-certsrv (adcs-web at http://127.0.0.1:{welcome_port}/certsrv): PROBLEM",
+        f"  - the web server at http://127.0.0.1:{welcome_port}/certsrv/ answered, but not with AD CS web "
+        "enrollment pages (HTTP 200, a page titled 'Welcome to nginx!'); check the endpoint (it ends in /certsrv)",
+        "  templates not checked (WebServer): skipped until the CA problem above is fixed",
+    ]
+
+
+def test_basic_auth_over_plain_http_is_a_configuration_error(tmp_path: Path) -> None:
+    proc = run(write(tmp_path, free_port()), "cleartext")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("certlc: error:") and proc.stderr.count("\n") == 1
+    assert "auth basic over plain http:// would send the password in clear text" in proc.stderr
+    assert "use the site's https:// URL" in proc.stderr and PASSWORD not in proc.stderr
+
+
+def test_a_password_file_profile_passes(tmp_path: Path, certsrv_port: int) -> None:
+    config = write(tmp_path, free_port(), certsrv_port)
+    proc = run(config, "adcs-file")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0].endswith("): OK")
+    (tmp_path / "certsrv-password").chmod(0o644)
+    proc = run(config, "adcs-file")
+    assert proc.returncode == 2 and "readable by every user on this machine" in proc.stderr
+
+
+def test_the_local_stacks_adcs_web_profile_works_from_another_shell(tmp_path: Path) -> None:
+    """`certlc up --ca adcs-web` then `certlc ca check --config <stack>/certlc.toml` elsewhere: the
+    profile finds its password in a file, not in a variable only the worker was given."""
+    root = tmp_path / "stack"
+    plan = plan_local_ca("adcs-web", root, [TemplateSpec(name="WebServer")])
+    assert plan.env == {}  # nothing the worker alone would know
+    secret = root / "localca" / "adcs-web" / "certsrv-password"
+    assert secret.stat().st_mode & 0o777 == 0o600 and f"password_file = {json.dumps(str(secret))}" in plan.profile_toml
+    config = tmp_path / "certlc.toml"
+    config.write_text(f'state_dir = "{root}"\n[devca]\ntemplates = [{{ name = "WebServer" }}]\n\n{plan.profile_toml}')
+    endpoint = load_settings(config).ca_profiles["adcs-web"].endpoint
+    [started] = plan.start(config, tmp_path / "logs")
+    try:
+        proc = run(config, "adcs-web", "--template", "WebServer")  # CERTLC_* variables stripped: another shell
+    finally:
+        started.proc.terminate()
+        started.proc.wait(timeout=20)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [f"adcs-web (adcs-web at {endpoint}): OK", "  template WebServer: OK"]

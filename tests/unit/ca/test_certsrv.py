@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,12 +16,12 @@ from cryptography.x509.oid import NameOID
 from starlette.testclient import TestClient
 
 from certlc.ca import DispositionStatus, SigningRequest, connector_for
-from certlc.ca.base import TemplateStatus
+from certlc.ca.base import Health, TemplateStatus
 from certlc.ca.certreq import _chain_after
-from certlc.ca.certsrv import CertsrvConnector, parse_certificates, parse_page, parse_template_list
+from certlc.ca.certsrv import CertsrvConnector, is_home_page, parse_certificates, parse_page, parse_template_list
 from certlc.ca.certsrv_sim import approve, certsrv_app
 from certlc.ca.devca import DENIED_BY_POLICY, UNSUPPORTED_TEMPLATE, DevCA
-from certlc.config import TemplateSpec, load_settings
+from certlc.config import Settings, TemplateSpec, load_settings
 from certlc.errors import ConfigError, TerminalError, TransientError
 from certlc.x509.chain import is_issued_by
 
@@ -328,3 +330,204 @@ def test_profile_names_the_account_for_advice(monkeypatch: pytest.MonkeyPatch, t
         "options": {"auth": "basic", "username": "CONTOSO\\svc-certlc", "password_env": "CERTSRV_PW"}}})
     connector = connector_for("adcs", settings)
     assert isinstance(connector, CertsrvConnector) and connector.account == "CONTOSO\\svc-certlc"
+
+
+# --- check(): is it AD CS web enrollment at all? -----------------------------------------------
+NGINX = ("<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head><body><h1>Welcome to nginx!</h1>"
+         '<p>For online documentation please refer to <a href="http://nginx.org/">nginx.org</a>.</p></body></html>')
+IIS_DEFAULT = ('<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN"><html><head><title>IIS Windows Server'
+               '</title></head><body><div id="container"><a href="https://go.microsoft.com/fwlink/?linkid=66138&amp;'
+               'clcid=0x409"><img src="iisstart.png" alt="IIS" width="960" height="600" /></a></div></body></html>')
+LOGIN_FORM = ('<html><head><title>Sign in</title></head><body><form action="/login" method="post">'
+              '<input name="user"><input type="password" name="password"></form></body></html>')
+# A German AD CS (title and link texts translated, the .asp names not), attribute case and quoting
+# as real pages vary them, and the Windows Server 2003 enterprise variant (certrqad.asp).
+GERMAN_HOME = ("<HTML><Head><Title>Microsoft Active Directory-Zertifikatdienste</Title></Head><Body>"
+               "<P><B> Willkommen </B><Table><TR><TD><A HREF='certrqus.asp'>Ein Zertifikat anfordern</A></TD></TR>"
+               "<TR><TD><a href=certckpn.asp>Status ausstehender Zertifikatanforderungen anzeigen</a></TD></TR>"
+               '<TR><TD><A Href="certcarc.asp">Download eines Zertifizierungsstellenzertifikats, einer '
+               "Zertifikatkette oder einer Sperrliste</A></TD></TR></Table></Body></HTML>")
+ENTERPRISE_HOME = ('<A Href="certrqad.asp"><Font Face="Arial">Request a certificate</Font></A>'
+                   '<A Href="/certsrv/certckpn.asp">View the status</A><A Href="certcarc.asp?x=1">Download</A>')
+
+
+def _serving(status: int, body: str = "", **headers: str) -> CertsrvConnector:
+    def serve(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/certsrv/"
+        return httpx.Response(status, text=body, headers={"content-type": "text/html; charset=utf-8", **headers})
+
+    return CertsrvConnector("adcs", ENDPOINT, transport=httpx.MockTransport(serve))
+
+
+@pytest.mark.parametrize(("status", "body", "headers", "what"), [
+    (200, NGINX, {}, "HTTP 200, a page titled 'Welcome to nginx!'"),
+    (200, IIS_DEFAULT, {}, "HTTP 200, a page titled 'IIS Windows Server'"),
+    (200, LOGIN_FORM, {}, "HTTP 200, a page titled 'Sign in'"),
+    (200, "<html><body>It works!</body></html>", {}, "HTTP 200, a page without the certsrv links"),
+    (200, '{"status": "up"}', {"content-type": "application/json"}, "HTTP 200, application/json"),
+    (302, "", {"location": "https://login.contoso.com/sso?return=/certsrv/"},
+     "HTTP 302, a redirect to 'https://login.contoso.com/sso?return=/certsrv/'"),
+    # one certsrv link alone is not the home page
+    (200, '<html><a href="certcarc.asp">CA certificate</a></html>', {}, "HTTP 200, a page without the certsrv links"),
+], ids=["nginx", "iis-default-site", "login-form", "it-works", "json", "login-redirect", "one-link"])
+def test_check_is_a_problem_for_a_server_that_is_not_certsrv(status: int, body: str, headers: dict[str, str],
+                                                             what: str) -> None:
+    health = _serving(status, body, **headers).check()
+    assert not health.ok
+    assert health.problems == [f"the web server at {ENDPOINT}/ answered, but not with AD CS web enrollment pages "
+                               f"({what}); check the endpoint (it ends in /certsrv)"]
+
+
+@pytest.mark.parametrize("page", [GERMAN_HOME, ENTERPRISE_HOME], ids=["german", "enterprise-2003"])
+def test_check_knows_certsrv_by_its_links_in_any_language(page: str) -> None:
+    assert is_home_page(page)
+    assert _serving(200, page).check() == Health(ok=True)
+
+
+def test_the_simulators_home_page_is_a_real_ones(client: TestClient) -> None:
+    assert client.get("/certsrv/").status_code == 401
+    page = client.get("/certsrv/", auth=("CONTOSO\\svc-certlc", "S3cret-Pa55")).text
+    assert "<Title>Microsoft Active Directory Certificate Services</Title>" in page
+    for link in ("certrqus.asp", "certckpn.asp", "certcarc.asp"):
+        assert f'<A Href="{link}">' in page
+    assert is_home_page(page) and _connector(client).check().ok
+
+
+# --- profile: credentials and the endpoint's scheme ---------------------------------------------
+def _settings(tmp_path: Path, endpoint: str = ENDPOINT, **options: object) -> Settings:
+    return load_settings(state_dir=str(tmp_path / "state"), ca_profiles={"adcs": {
+        "kind": "adcs-web", "endpoint": endpoint, "options": {"username": "CONTOSO\\svc-certlc", **options}}})
+
+
+def test_basic_over_plain_http_is_refused_unless_on_loopback(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    monkeypatch.setenv("CERTSRV_PW", "S3cret-Pa55")
+    with pytest.raises(ConfigError) as caught:
+        connector_for("adcs", _settings(tmp_path, "http://ca01.contoso.com/certsrv", auth="basic",
+                                        password_env="CERTSRV_PW"))
+    message = str(caught.value)
+    assert caught.value.reason == "CaProfileInvalid" and "S3cret" not in message
+    assert "clear text" in message and "https://" in message
+    for endpoint in ("http://127.0.0.1:8080/certsrv", "http://localhost/certsrv", "http://[::1]/certsrv",
+                     "https://ca01.contoso.com/certsrv"):
+        assert isinstance(connector_for("adcs", _settings(tmp_path, endpoint, auth="basic", password_env="CERTSRV_PW")),
+                          CertsrvConnector)
+
+
+def test_client_certificate_over_plain_http_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="client_certificate needs an https:// endpoint"):
+        connector_for("adcs", _settings(tmp_path, "http://ca01.contoso.com/certsrv", auth="client_certificate",
+                                        client_certificate=str(tmp_path / "c.pem")))
+
+
+def test_windows_auth_over_plain_http_is_warned_about_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("CERTSRV_PW", "S3cret-Pa55")
+    settings = _settings(tmp_path, "http://ca02.contoso.com/certsrv", auth="ntlm", password_env="CERTSRV_PW")
+    with caplog.at_level(logging.WARNING, logger="certlc.ca.certsrv"):
+        assert isinstance(connector_for("adcs", settings), CertsrvConnector)
+        assert isinstance(connector_for("adcs", settings), CertsrvConnector)
+        connector_for("adcs", _settings(tmp_path, "https://ca02.contoso.com/certsrv", auth="ntlm",
+                                        password_env="CERTSRV_PW"))
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "auth ntlm over plain http://" in warning and "https://" in warning and "relayed" in warning
+    assert "S3cret" not in warning
+
+
+@pytest.mark.parametrize(("endpoint", "words"), [
+    ("ftp://ca01.contoso.com/certsrv", "uses ftp://, and certlc calls CAs over https:// or http:// only"),
+    ("not a url", "is not a URL (it does not start with https:// or http://)"),
+    ("ca01.contoso.com/certsrv", "is not a URL (it does not start with https:// or http://)"),
+    ("https:///certsrv", "names no host"),
+    ("https://ca01.contoso.com:44x/certsrv", "has a port that is not a number from 0 to 65535"),
+], ids=["ftp", "words", "no-scheme", "no-host", "bad-port"])
+def test_an_endpoint_that_is_not_an_http_url_says_what_is_wrong(tmp_path: Path, endpoint: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        connector_for("adcs", _settings(tmp_path, endpoint, auth="client_certificate"))
+    assert str(caught.value) == (f"CA profile 'adcs' (adcs-web): endpoint {endpoint!r} {words}; it needs to be "
+                                 "the certsrv URL, e.g. https://ca.contoso.com/certsrv")
+
+
+def _secret(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "certsrv-password"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o640])
+def test_password_file_is_read_without_its_newline(client: TestClient, tmp_path: Path, mode: int) -> None:
+    path = _secret(tmp_path, "S3cret-Pa55\n", mode)
+    connector = connector_for("adcs", _settings(tmp_path, auth="basic", password_file=str(path)))
+    assert isinstance(connector, CertsrvConnector) and "S3cret" not in repr(connector)
+    connector._client = client  # the simulator, which knows this password
+    assert connector.check().ok
+    path.write_text("Wr0ng-Guess\r\n")
+    wrong = connector_for("adcs", _settings(tmp_path, auth="basic", password_file=str(path)))
+    wrong._client = client  # type: ignore[attr-defined]
+    assert not wrong.check().ok
+
+
+@pytest.mark.parametrize(("setup", "words"), [
+    (lambda p: p.chmod(0o644), "is readable by every user on this machine (mode 0644); make it readable by "
+                               "certlc's account only: chmod 600"),
+    (lambda p: p.chmod(0o604), "is readable by every user on this machine (mode 0604)"),
+    (lambda p: p.unlink(), "cannot be read: No such file or directory"),
+    (lambda p: p.write_text("\n"), "is empty"),
+    (lambda p: p.write_text("CONTOSO\\svc-certlc\nS3cret-Pa55\n"), "holds more than one line"),
+    (lambda p: (p.unlink(), p.mkdir()), "is not a regular file"),
+], ids=["world-readable", "others-only", "missing", "empty", "two-lines", "directory"])
+def test_password_file_problems_are_said_in_plain_words(tmp_path: Path, setup: Any, words: str) -> None:
+    path = _secret(tmp_path, "S3cret-Pa55\n")
+    setup(path)
+    with pytest.raises(ConfigError) as caught:
+        connector_for("adcs", _settings(tmp_path, auth="basic", password_file=str(path)))
+    assert str(caught.value).startswith(f"CA profile 'adcs': options.password_file {str(path)!r} ")
+    assert words in str(caught.value) and "S3cret" not in str(caught.value)
+    assert caught.value.reason == "CaProfileInvalid"
+
+
+def test_password_env_and_password_file_are_one_or_the_other(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    monkeypatch.setenv("CERTSRV_PW", "S3cret-Pa55")
+    path = _secret(tmp_path, "S3cret-Pa55\n")
+    with pytest.raises(ConfigError, match=r"password_env and options\.password_file both name the password; keep one"):
+        connector_for("adcs", _settings(tmp_path, auth="ntlm", password_env="CERTSRV_PW", password_file=str(path)))
+    with pytest.raises(ConfigError, match=r"options\.password_env must name .* \(or options\.password_file"):
+        connector_for("adcs", _settings(tmp_path, auth="basic"))
+
+
+# --- transport: a scheme that does not match what the server speaks ----------------------------
+@pytest.mark.parametrize(("endpoint", "error", "hint"), [
+    ("https://ca.contoso.com/certsrv", httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)"),
+     "(the server answers plain HTTP: use http:// or the HTTPS port)"),
+    ("http://ca.contoso.com/certsrv", httpx.RemoteProtocolError("Server disconnected without sending a response."),
+     "(the server may expect HTTPS: use https://)"),
+    ("http://ca.contoso.com/certsrv", httpx.ReadError("[Errno 104] Connection reset by peer"),
+     "(the server may expect HTTPS: use https://)"),
+], ids=["https-to-plain-http", "http-to-https-disconnect", "http-to-https-reset"])
+def test_a_scheme_mismatch_gets_a_hint(endpoint: str, error: httpx.HTTPError, hint: str) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        error.request = request
+        raise error
+
+    connector = CertsrvConnector("adcs", endpoint, transport=httpx.MockTransport(fail))
+    with pytest.raises(TransientError) as caught:
+        connector.submit(SigningRequest(csr_pem=_csr(), template="WebServer"))
+    assert caught.value.reason == "CAUnavailable"  # the reason code is the same as before
+    assert str(caught.value).endswith(f"cannot be reached: {error} {hint}")
+    assert connector.check().problems == [str(caught.value)]
+
+
+@pytest.mark.parametrize(("endpoint", "error"), [
+    ("http://ca.contoso.com/certsrv", httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number")),
+    ("https://ca.contoso.com/certsrv", httpx.RemoteProtocolError("Server disconnected without sending a response.")),
+    ("https://ca.contoso.com/certsrv", httpx.ConnectError("[Errno 111] Connection refused")),
+], ids=["no-tls-on-http", "disconnect-on-https", "refused"])
+def test_no_scheme_hint_where_the_scheme_is_not_the_matter(endpoint: str, error: httpx.HTTPError) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        error.request = request
+        raise error
+
+    health = CertsrvConnector("adcs", endpoint, transport=httpx.MockTransport(fail)).check()
+    assert not health.ok and "use http" not in health.problems[0] and health.problems[0].endswith(str(error))

@@ -38,6 +38,9 @@ ENDPOINT = "https://ca.contoso.com/certsrv"
 USER = "CONTOSO\\svc-certlc"
 PASSWORD = "S3cret-NTLM-Pa55"
 WRONG = "not-the-Pa55word"
+# The certsrv home page's task links: what check() recognises AD CS web enrollment by.
+HOME = ('<html><a href="certrqus.asp">Request a certificate</a> <a href="certckpn.asp">Pending</a> '
+        '<a href="certcarc.asp">CA certificate</a></html>')
 
 
 def _csr() -> str:
@@ -264,7 +267,7 @@ def _kerberos_server(final: str | None, seen: list[str]) -> httpx.MockTransport:
         if header != AP_REQ:
             return httpx.Response(401, headers=[("WWW-Authenticate", "Negotiate"), ("WWW-Authenticate", "NTLM")])
         headers = {"WWW-Authenticate": f"Negotiate {final}"} if final else {}
-        return httpx.Response(200, headers=headers, text="<html>Welcome</html>")
+        return httpx.Response(200, headers=headers, html=HOME)
     return httpx.MockTransport(handler)
 
 
@@ -339,7 +342,7 @@ def test_a_leg_that_lands_on_another_connection_starts_over(
         stream = objects[streams.get(len(handled), "B")]
         token_leg = request.headers.get("authorization", "").startswith("Negotiate ")
         if token_leg and len(handled) > 2:
-            return httpx.Response(200, extensions={"network_stream": stream})
+            return httpx.Response(200, html=HOME, extensions={"network_stream": stream})
         return httpx.Response(401, headers={"WWW-Authenticate": "Negotiate"}, extensions={"network_stream": stream})
 
     connector = CertsrvConnector("adcs", ENDPOINT, auth=WindowsAuth("kerberos"), transport=httpx.MockTransport(handler))
@@ -416,3 +419,20 @@ def test_kerberos_password_refused_by_the_kdc_is_auth_failed(fake_kerberos: Fake
 
 def test_module_exports() -> None:
     assert set(winauth.__all__) <= set(dir(winauth))
+
+
+def test_ntlm_with_the_password_in_a_file(site: Callable[..., Starlette], clients: Callable[..., TestClient],
+                                          tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o400)  # as systemd's LoadCredential= leaves it
+    settings = load_settings(state_dir=str(tmp_path), ca_profiles={
+        "ntlm": _profile(tmp_path, auth="ntlm", username=USER, password_file=str(secret))})
+    connector = connector_for("ntlm", settings)
+    assert isinstance(connector, CertsrvConnector) and isinstance(connector._auth, WindowsAuth)
+    assert PASSWORD not in repr(connector) and PASSWORD not in repr(connector._auth)
+    app = site(auth="ntlm")
+    connector._client = clients(app)
+    assert connector.check().ok
+    [(_connection, _scheme, principal, _negotiated)] = app.state.logons
+    assert principal == USER
