@@ -20,16 +20,24 @@ Error mapping (ACME problem types, RFC 8555 §6.7; one place, :meth:`AcmeConnect
 
 * ``rejectedIdentifier``, ``unsupportedIdentifier``, ``caa``, ``badCSR`` (also inside a
   ``compound`` problem or a challenge's error), and a CSR naming what ACME cannot validate
-  (e-mail, UPN, URI SANs; a CN that is no DNS name): ``denied`` with the CA's detail.
+  (e-mail, UPN, URI SANs; a CN that is neither a DNS name nor an IP address among the IP
+  SANs): ``denied`` with the CA's detail. A CSR with no DNS name or IP address in its SANs (a
+  Key Vault policy with a subject CN and no SANs) is ``denied`` (``CsrNamesMissing``) before the
+  CA is contacted: ACME CAs certify the names in the SANs.
+* ``unauthorized`` after the account was accepted (new order, finalize, retrieve) and with no
+  failed challenge: ``denied`` (``RequestRefused``) with the CA's detail, e.g. Pebble's "Order
+  includes different number of DNSnames identifiers than CSR specifies"; it is a refusal of this
+  request, not of the account (unless the CA's detail names the account).
 * a failed validation (``unauthorized``, ``dns``, ``connection``, ``incorrectResponse``,
-  ``tls``, ``unknownHost``, ``dnssec`` on a challenge or the order): :class:`TerminalError`
-  ``ChallengeFailed`` naming the identifier. Not retried: public CAs rate-limit failed
-  validations, so a retry loop would lock the account out.
+  ``tls``, ``unknownHost``, ``dnssec`` on a challenge, or one of the others on the order):
+  :class:`TerminalError` ``ChallengeFailed`` naming the identifier. Not retried: public CAs
+  rate-limit failed validations, so a retry loop would lock the account out.
 * ``rateLimited``: :class:`TransientError` ``RateLimited`` with the CA's Retry-After.
 * ``serverInternal``, ``badNonce`` (after the library's one retry), no connection, timeouts,
   HTTP 5xx/429/408: :class:`TransientError` ``CAUnavailable``.
-* ``externalAccountRequired``, and anything the CA refuses about the account (``unauthorized``,
-  ``malformed`` EAB, ``badPublicKey``, ...): :class:`TerminalError` ``CaAuthFailed``.
+* ``externalAccountRequired``, and anything the CA refuses while registering or finding the
+  account (``unauthorized``, ``malformed`` EAB, ``badPublicKey``, ...): :class:`TerminalError`
+  ``CaAuthFailed``.
 * an untrusted TLS certificate: :class:`TerminalError` ``CaTlsUntrusted`` naming ``ca_bundle``.
 * an endpoint that is not an ACME directory: :class:`TerminalError` ``CaResponseInvalid``.
 * a solver that cannot publish (webroot not writable, DNS update refused): the solver's
@@ -76,6 +84,7 @@ from certlc.ca.acme_solvers import (
     HttpResponderSolver,
     Rfc2136Solver,
     WebrootSolver,
+    tsig_algorithm,
 )
 from certlc.ca.base import Disposition, DispositionStatus, Health, SigningRequest, tls_verify_failure
 from certlc.ca.http import check_options, http_endpoint, timeout_option, trust_context
@@ -104,7 +113,8 @@ AZURE_PROPAGATION = 30.0
 # Problem types that refuse this request (its names or CSR), not the setup: the owner must act.
 _DENIALS = {"rejectedIdentifier": "IdentifierRejected", "unsupportedIdentifier": "IdentifierUnsupported",
             "caa": "CaaForbidden", "badCSR": "CsrRejected"}
-# Problem types a failed validation carries.
+# Problem types a failed validation carries (``unauthorized`` only on a challenge: on an order it
+# refuses the request, see _problem).
 _VALIDATION = {"unauthorized", "dns", "connection", "incorrectResponse", "tls", "unknownHost", "dnssec"}
 _TRANSIENT = {"serverInternal", "badNonce"}
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL)
@@ -141,6 +151,27 @@ class _Network(acme_client.ClientNetwork):
         response = super()._send_request(method, url, *args, **kwargs)
         self.retry_after = response.headers.get("Retry-After")
         return response
+
+
+class _Client(acme_client.ClientV2):
+    """``ClientV2`` ordering the identifiers certlc derives from the CSR (:func:`_identifiers`).
+
+    The library's ``new_order`` orders the subject CN as a DNS name even when it is an IP
+    address (a CSR with ``CN=192.0.2.7`` and that address as an IP SAN, RFC 8738), which the CA
+    then rejects. This is the library's ``new_order`` with certlc's identifiers.
+    """
+
+    def new_order(self, csr_pem: bytes, profile: str | None = None) -> messages.OrderResource:
+        dns_names, ips = _identifiers(x509.load_pem_x509_csr(csr_pem))
+        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in dns_names]
+        identifiers += [messages.Identifier(typ=messages.IDENTIFIER_IP, value=ip) for ip in ips]
+        response = self._post(self.directory["newOrder"], messages.NewOrder(identifiers=identifiers,
+                                                                            profile=profile or ""))
+        body = messages.Order.from_json(response.json())
+        authorizations = [self._authzr_from_response(self._post_as_get(url), uri=url)
+                          for url in body.authorizations or ()]
+        return messages.OrderResource(body=body, uri=response.headers.get("Location"),
+                                      authorizations=authorizations, csr_pem=csr_pem)
 
 
 # --- account key --------------------------------------------------------------------------------
@@ -280,7 +311,7 @@ class AcmeConnector:
         except KeyError:
             raise TerminalError(f"{self.directory_url} answered, but not with an ACME directory (no newAccount/"
                                 "newOrder); check the CA profile's endpoint", reason="CaResponseInvalid") from None
-        return acme_client.ClientV2(directory, net)
+        return _Client(directory, net)
 
     def _account(self, client: Any, *, fresh: bool = False) -> None:
         """Give ``client`` the account: registered once per process and key, then reused."""
@@ -377,9 +408,15 @@ class AcmeConnector:
             return TerminalError(f"{self._what} requires external account binding: set eab_kid and eab_hmac_key "
                                  "(or eab_hmac_key_file) in the CA profile", reason="CaAuthFailed", ca_code=code)
         if code in ("accountDoesNotExist", "badPublicKey", "badSignatureAlgorithm") or (
-                code == "unauthorized" and exc.identifier is None):
+                code == "unauthorized" and _names_the_account(exc)):
             return TerminalError(f"{self._what} refused the ACME account: {_detail(exc)}", reason="CaAuthFailed",
                                  ca_code=code)
+        if code == "unauthorized":
+            # Here the account was registered or found already (a refusal then is _account_problem's)
+            # and no challenge failed (that is _validation_failed's): the CA refuses this request,
+            # e.g. a CSR whose names are not the order's. Sending the owner to the EAB and account
+            # key would be wrong; the CA's detail says what it objects to.
+            return _Refusal("RequestRefused", f"the ACME CA refused the request: {_detail(exc)}")
         if code in _VALIDATION:  # an order that failed because an authorization did
             return TerminalError(f"the ACME CA could not validate {_detail(exc)}", reason="ChallengeFailed",
                                  ca_code=code)
@@ -427,6 +464,12 @@ class AcmeConnector:
                 try:
                     order = client.finalize_order(order, deadline,
                                                   fetch_alternative_chains=bool(self.preferred_chain))
+                except messages.Error as exc:
+                    if exc.code != "unauthorized" or _names_the_account(exc):
+                        raise
+                    raise _Refusal("RequestRefused", f"the ACME CA refused to finalize the order with this CSR: "
+                                   f"{_detail(exc)}. ACME CAs compare the CSR's names with the order's: every "
+                                   "name belongs in the SANs, the subject CN among them") from None
                 except acme_errors.TimeoutError:
                     log.info("ACME order %s for %s/%s is still processing; asking again later", order.uri,
                              request.vault, request.certificate)
@@ -453,30 +496,30 @@ class AcmeConnector:
         except ValueError:
             raise _Refusal("CsrRejected", "the CSR cannot be read as PEM PKCS#10") from None
         try:
-            sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            sans = x509.SubjectAlternativeName([])
+            san_dns, san_ips, other = _san_names(csr)
         except ValueError:
             raise _Refusal("CsrRejected", "the CSR's subject alternative names cannot be read") from None
-        dns_names = sans.get_values_for_type(x509.DNSName)
-        ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
-        other = [_san_text(g) for g in sans if not isinstance(g, x509.DNSName | x509.IPAddress)]
         if other:
             raise _Refusal("IdentifierUnsupported", "ACME CAs validate DNS names and IP addresses only; the CSR also "
-                           f"asks for {', '.join(other)}")
-        cns = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        # The library puts the first CN into the order as a DNS name, as certbot does.
-        if cns and cns[0] not in dns_names:
-            if not _is_dns_name(cns[0]):
-                raise _Refusal("IdentifierUnsupported", f"the subject CN {cns[0]!r} is not a DNS name, and ACME CAs "
-                               "certify DNS names and IP addresses only (put the names in the SANs, the CN among them)")
-            dns_names = [cns[0], *dns_names]
+                           f"asks for {', '.join(_san_text(g) for g in other)}")
+        cn = _subject_cn(csr)
+        if not san_dns and not san_ips:
+            raise _Refusal("CsrNamesMissing", _names_missing_text(cn))
+        if cn is not None:
+            address = _ip(cn)
+            if address is not None and address not in {ipaddress.ip_address(ip) for ip in san_ips}:
+                raise _Refusal("IdentifierUnsupported", f"the subject CN {cn!r} is an IP address the CSR's subject "
+                               "alternative names do not include; ACME CAs certify the names in the SANs (RFC 8738 "
+                               "for IP addresses): add it to the IP address SANs")
+            if address is None and not _is_dns_name(cn):
+                raise _Refusal("IdentifierUnsupported", f"the subject CN {cn!r} is neither a DNS name an ACME CA can "
+                               "validate nor an IP address, and the CN is ordered too: make the CN one of the names in "
+                               "the SANs (in Key Vault, the certificate policy's subject, e.g. CN=www.contoso.com "
+                               "with www.contoso.com among subject_alternative_names.dns_names)")
+        dns_names, ips = _identifiers(csr)
         bad = [n for n in dns_names if not _is_dns_name(n)]
         if bad:
             raise _Refusal("IdentifierUnsupported", f"not DNS names an ACME CA can validate: {', '.join(bad)}")
-        if not dns_names and not ips:
-            raise _Refusal("IdentifierUnsupported", "the CSR names no DNS name or IP address for the ACME CA to "
-                           "validate")
         typ = self.solver.challenge_type
         wildcards = [n for n in dns_names if n.startswith("*.")]
         if wildcards and typ != "dns-01":
@@ -625,6 +668,12 @@ def _detail(problem: messages.Error) -> str:
     return f"{where}{text} ({problem.typ})"
 
 
+def _names_the_account(problem: messages.Error) -> bool:
+    """Whether an ``unauthorized`` problem is about the account (Boulder's and Pebble's "Account is
+    not valid, has status deactivated", "... does not own order") rather than the request."""
+    return bool(re.search(r"\baccount\b", problem.detail or "", re.IGNORECASE))
+
+
 def _identifier_text(authz: Any) -> str:
     name = str(authz.body.identifier.value)
     return f"*.{name}" if getattr(authz.body, "wildcard", False) else name
@@ -639,6 +688,55 @@ def _is_dns_name(name: str) -> bool:
         ipaddress.ip_address(body)
         return False  # an address is not a DNS name
     return all(_LABEL.match(label) for label in labels)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _san_names(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[str], list[x509.GeneralName]]:
+    """The CSR's DNS name SANs, IP address SANs and other SANs (ValueError: unreadable)."""
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], [], []
+    dns_names = sans.get_values_for_type(x509.DNSName)
+    ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    return dns_names, ips, [g for g in sans if not isinstance(g, x509.DNSName | x509.IPAddress)]
+
+
+def _subject_cn(csr: x509.CertificateSigningRequest) -> str | None:
+    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else None
+
+
+def _identifiers(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[str]]:
+    """The DNS names and IP addresses to order for ``csr``: its SANs, and the first subject CN as a
+    DNS name when it is not among them (as certbot and the ``acme`` library order it; RFC 8555
+    §7.4 lets a name appear in the CN only). A CN that is an IP address is not a DNS name: it is
+    ordered through the IP address SANs, which must hold it (RFC 8738; checked in ``_csr``)."""
+    dns_names, ips, _ = _san_names(csr)
+    cn = _subject_cn(csr)
+    if cn is not None and _ip(cn) is None:
+        dns_names = [cn, *(n for n in dns_names if n.lower() != cn.lower())]
+    return dns_names, ips
+
+
+def _names_missing_text(cn: str | None) -> str:
+    """Why a CSR without DNS name or IP address SANs is refused, and what the owner changes."""
+    intro = "the CSR has no DNS name or IP address in its subject alternative names (SANs)"
+    if cn is not None and _ip(cn) is not None:
+        return (f"{intro}, only the subject CN {cn!r}. ACME CAs certify the names in the SANs: add {cn} to the "
+                "certificate's IP address SANs, then renew")
+    if cn is not None and _is_dns_name(cn):
+        return (f"{intro}, only the subject CN {cn!r}. ACME CAs certify the names in the SANs: add {cn!r} as a DNS "
+                "name to the Key Vault certificate policy's SANs (subject_alternative_names.dns_names), then renew")
+    shown = f" (the subject CN {cn!r} is not a DNS name either)" if cn else ""
+    return (f"{intro}{shown}. ACME CAs certify the names in the SANs: put the certificate's DNS names in the Key "
+            "Vault certificate policy's SANs (subject_alternative_names.dns_names), then renew")
 
 
 def _san_text(name: x509.GeneralName) -> str:
@@ -750,6 +848,7 @@ def _tsig_key(name: str, options: dict[str, Any]) -> Any:
                           "rfc2136_tsig_secret_file (the key's base64 secret, as tsig-keygen prints it)",
                           reason="CaProfileInvalid")
     algorithm = _text(name, options, "rfc2136_tsig_algorithm") or "hmac-sha256"
+    source = "rfc2136_tsig_algorithm"
     secret = inline or ""
     if path:
         text = _secret_file(name, "rfc2136_tsig_secret_file", path)
@@ -760,13 +859,15 @@ def _tsig_key(name: str, options: dict[str, Any]) -> Any:
             named = re.search(r'key\s+"?([^"\s{]+)"?\s*\{', text)
             key_name = named.group(1) if named else None
         if found and "rfc2136_tsig_algorithm" not in options:
-            alg = re.search(r"algorithm\s+([A-Za-z0-9-]+)\s*;", text)
-            algorithm = alg.group(1).lower() if alg else algorithm
+            alg = re.search(r'algorithm\s+"?([A-Za-z0-9.-]+)"?\s*;', text)
+            if alg:
+                algorithm, source = alg.group(1), f"the key file's algorithm ({path!r})"
     if not key_name:
         raise ConfigError(f"CA profile {name!r} (acme, rfc2136) needs options.rfc2136_tsig_key_name",
                           reason="CaProfileInvalid")
-    if algorithm.lower() not in TSIG_ALGORITHMS:
-        raise ConfigError(f"CA profile {name!r}: rfc2136_tsig_algorithm must be one of {', '.join(TSIG_ALGORITHMS)}, "
+    dns_algorithm = tsig_algorithm(algorithm)  # dnspython's own name: it signs with no other
+    if dns_algorithm is None:
+        raise ConfigError(f"CA profile {name!r}: {source} must be one of {', '.join(TSIG_ALGORITHMS)}, "
                           f"not {algorithm!r}", reason="CaProfileInvalid")
     try:
         if not base64.b64decode(secret, validate=True):
@@ -776,7 +877,7 @@ def _tsig_key(name: str, options: dict[str, Any]) -> Any:
                           f"({'rfc2136_tsig_secret_file' if path else 'rfc2136_tsig_secret'}) is not base64",
                           reason="CaProfileInvalid") from None
     try:
-        return dns.tsig.Key(dns.name.from_text(key_name), secret, algorithm.lower())
+        return dns.tsig.Key(dns.name.from_text(key_name), secret, dns_algorithm)
     except Exception:  # dnspython's name errors
         raise ConfigError(f"CA profile {name!r}: rfc2136_tsig_key_name {key_name!r} is not a DNS name",
                           reason="CaProfileInvalid") from None

@@ -10,7 +10,9 @@ solver's prerequisites in plain words.
 Solvers here:
 
 * :class:`WebrootSolver` (http-01): ``<webroot>/.well-known/acme-challenge/<token>`` files for a
-  web server that already serves the names.
+  web server that already serves the names. The web server usually runs as another user (nginx
+  as www-data) while certlc runs with umask 0077, so the directories certlc creates are set to
+  0755 and the answers to 0644 explicitly.
 * :class:`HttpResponderSolver` (http-01): a built-in responder on ``host:port``. One server per
   address is shared, reference-counted, by every order in the process (a sweep runs several at
   once from threads) and serves only the tokens of orders in progress.
@@ -28,6 +30,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +49,7 @@ import dns.rdatatype
 import dns.tsig
 import dns.update
 
-from certlc.errors import TerminalError, TransientError, first_line
+from certlc.errors import ConfigError, TerminalError, TransientError, first_line
 
 __all__ = [
     "TSIG_ALGORITHMS",
@@ -56,6 +59,7 @@ __all__ = [
     "HttpResponderSolver",
     "Rfc2136Solver",
     "WebrootSolver",
+    "tsig_algorithm",
     "txt_update",
 ]
 
@@ -64,9 +68,28 @@ log = logging.getLogger(__name__)
 HTTP01_PATH = ".well-known/acme-challenge"
 DNS01_LABEL = "_acme-challenge"
 TXT_TTL = 60  # short: the record lives for one validation
-# dnspython names for the TSIG algorithms BIND's tsig-keygen makes.
-TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
+# The TSIG algorithms BIND's tsig-keygen makes, by the name a key file (``algorithm hmac-md5;``)
+# or rfc2136_tsig_algorithm gives, as dnspython's constants: dnspython signs only under the names
+# it knows, and hmac-md5 is on the wire hmac-md5.sig-alg.reg.int. (RFC 8945 §6), not hmac-md5.
+TSIG_ALGORITHMS: dict[str, dns.name.Name] = {
+    "hmac-sha256": dns.tsig.HMAC_SHA256,
+    "hmac-sha384": dns.tsig.HMAC_SHA384,
+    "hmac-sha512": dns.tsig.HMAC_SHA512,
+    "hmac-sha224": dns.tsig.HMAC_SHA224,
+    "hmac-sha1": dns.tsig.HMAC_SHA1,
+    "hmac-md5": dns.tsig.HMAC_MD5,
+}
+_TSIG_ALIASES = {"hmac-md5.sig-alg.reg.int": "hmac-md5"}  # the wire name, as some configurations spell it
+WEB_DIR_MODE = 0o755  # directories certlc creates under a webroot: the web server must traverse them
+WEB_FILE_MODE = 0o644  # the answers: the web server must read them
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")  # base64url, as RFC 8555 §8.3 requires
+
+
+def tsig_algorithm(name: str | dns.name.Name) -> dns.name.Name | None:
+    """dnspython's constant for a TSIG algorithm named as BIND or the wire spells it (any case,
+    with or without the trailing dot); None when it is not one of :data:`TSIG_ALGORITHMS`."""
+    text = (name.to_text() if isinstance(name, dns.name.Name) else str(name)).strip().lower().rstrip(".")
+    return TSIG_ALGORITHMS.get(_TSIG_ALIASES.get(text, text))
 
 
 @dataclass(frozen=True)
@@ -111,8 +134,31 @@ class ChallengeSolver(Protocol):
 
 
 # --- http-01: webroot --------------------------------------------------------------------------
+def _closed_to_web_server(path: Path) -> str | None:
+    """Why a web server running as another user may not pass through directory ``path`` (None: it can).
+
+    Serving ``<dir>/<token>`` needs search (x) permission on each directory. Others' x is what
+    works for any web server user. A directory open to its group only counts as open when that
+    group is not certlc's own, i.e. someone gave it to the web server on purpose (chgrp www-data).
+    """
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IXOTH:
+        return None
+    if mode & stat.S_IXGRP and info.st_gid != os.getegid():
+        return None
+    return f"{str(path)!r} (mode {mode:04o})"
+
+
 class WebrootSolver:
-    """Writes each token's key authorization under ``<webroot>/.well-known/acme-challenge/``."""
+    """Writes each token's key authorization under ``<webroot>/.well-known/acme-challenge/``.
+
+    Directories it creates are made 0755 and the answers 0644 whatever the umask (certlc runs
+    with 0077): the web server reads them as another user. Directories that already exist keep
+    their mode: an administrator who made one stricter may have given the web server's group
+    access, and certlc does not loosen what it did not create. :meth:`check` (``certlc ca check``)
+    and a warning at each order report one that others cannot traverse.
+    """
 
     challenge_type = "http-01"
 
@@ -133,19 +179,51 @@ class WebrootSolver:
                                 reason="CaResponseInvalid")
         return self.directory / challenge.token
 
+    def _make_directories(self) -> None:
+        """Create what is missing of ``<webroot>/.well-known/acme-challenge``, each 0755."""
+        missing: list[Path] = []
+        path = self.directory
+        while not path.exists() and path.parent != path:
+            missing.append(path)
+            path = path.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir()  # mode 0777 & ~umask: 0700 under certlc's umask, hence the chmod
+            except FileExistsError:
+                continue  # another order created it a moment ago and sets its mode
+            path.chmod(WEB_DIR_MODE)
+
+    def _closed(self) -> list[str]:
+        """The directories on the web server's way to the answers that other users cannot traverse."""
+        found = []
+        for path in (self.webroot, self.webroot / ".well-known", self.directory):
+            with contextlib.suppress(OSError):
+                closed = _closed_to_web_server(path)
+                if closed:
+                    found.append(closed)
+        return found
+
+    def _closed_text(self, closed: list[str]) -> str:
+        return (f"webroot {str(self.webroot)!r}: other users cannot traverse {', '.join(closed)}, so a web server "
+                "running as another user (nginx as www-data) answers 404 for the http-01 token and the CA's "
+                f"validation fails; make {'them' if len(closed) > 1 else 'it'} traversable (chmod o+rx, as certlc "
+                "creates them: 0755) or give the web server's group access (chgrp www-data; chmod g+rx)")
+
     def present(self, challenges: Sequence[Challenge]) -> None:
         try:
-            # World-readable on purpose: the web server, not certlc, reads these files.
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+            self._make_directories()
             for challenge in challenges:
                 path = self._path(challenge)
                 tmp = path.with_name(f".{path.name}.tmp")
                 tmp.write_text(challenge.key_authorization)
-                tmp.chmod(0o644)
+                tmp.chmod(WEB_FILE_MODE)  # world-readable on purpose: the web server, not certlc, reads it
                 os.replace(tmp, path)  # the web server never serves half a file
         except OSError as exc:
             raise TerminalError(f"cannot write the http-01 answer under webroot {str(self.webroot)!r}: "
                                 f"{exc.strerror or first_line(exc)}", reason="ChallengeSetupFailed") from None
+        closed = self._closed()
+        if closed:  # the web server may still reach it (same user): say so, and let the CA try
+            log.warning("%s", self._closed_text(closed))
 
     def cleanup(self, challenges: Sequence[Challenge]) -> None:
         for challenge in challenges:
@@ -160,14 +238,15 @@ class WebrootSolver:
         if not self.webroot.is_dir():
             return [f"webroot {str(self.webroot)!r} is not a directory"]
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+            self._make_directories()
             probe = self.directory / f".certlc-check-{os.getpid()}-{threading.get_ident()}"
             probe.write_text("")
             probe.unlink()
         except OSError as exc:
             return [f"webroot {str(self.webroot)!r}: cannot write {str(self.directory)!r} "
                     f"({exc.strerror or first_line(exc)})"]
-        return []
+        closed = self._closed()
+        return [self._closed_text(closed)] if closed else []
 
 
 # --- http-01: built-in responder -------------------------------------------------------------
@@ -314,7 +393,12 @@ class Rfc2136Solver:
                  propagation_seconds: float = 0, timeout: float = 10,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.server, self.port = server, port
-        self._key = key
+        # dnspython signs only under its own algorithm names (hmac-md5 is hmac-md5.sig-alg.reg.int.).
+        algorithm = tsig_algorithm(key.algorithm)
+        if algorithm is None:
+            raise ConfigError(f"TSIG algorithm {key.algorithm.to_text()!r} is not one of "
+                              f"{', '.join(TSIG_ALGORITHMS)}", reason="CaProfileInvalid")
+        self._key = dns.tsig.Key(key.name, key.secret, algorithm)
         self.zone = zone.rstrip(".") + "." if zone else None
         self.propagation_seconds = propagation_seconds
         self.timeout = timeout

@@ -5,10 +5,12 @@ renewal of a Key Vault emulator certificate through ``certlc renew``."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,12 @@ from cryptography.x509.oid import NameOID
 
 from certlc.ca import DispositionStatus, SigningRequest, connector_for
 from certlc.ca.acme import AcmeConnector
-from certlc.ca.acme_solvers import Challenge, HttpResponderSolver, Rfc2136Solver
+from certlc.ca.acme_solvers import Challenge, HttpResponderSolver, Rfc2136Solver, WebrootSolver
 from certlc.config import load_settings
 from certlc.errors import TerminalError
 from certlc.localca.bind import Named, start_named
 from certlc.localca.pebble import ChallTestSrv, Pebble, start_challtestsrv, start_pebble
-from certlc.stack import free_port
+from certlc.stack import _tcp_open, free_port, stop_process, wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -69,12 +71,17 @@ def pebble_bind(tmp_path_factory: pytest.TempPathFactory, named: Named) -> Itera
         yield server
 
 
-def _csr(*names: str) -> str:
+def _csr(*names: str, cn: str | None = None, ips: Sequence[str] = ()) -> str:
+    """A CSR for ``names`` (DNS SANs) and ``ips`` (IP SANs), CN ``cn`` (default the first name);
+    no SAN extension at all when both are empty, as Key Vault makes for a policy without SANs."""
     key = ec.generate_private_key(ec.SECP256R1())
-    return (x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn or names[0])]))
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _connector(tmp_path: Path, endpoint: str, **options: Any) -> AcmeConnector:
@@ -136,6 +143,72 @@ def test_concurrent_orders_share_one_responder_and_one_account(pebble: Pebble, t
     assert [r.status for r in results] == [DispositionStatus.ISSUED] * 3, results
 
 
+def test_an_ip_certificate_whose_cn_is_the_ip_address(pebble: Pebble, tmp_path: Path) -> None:
+    """CN=127.0.0.1 with SAN IP:127.0.0.1 (RFC 8738): ordered as that IP address, validated over
+    http-01 at 127.0.0.1, issued with the address in the SANs."""
+    result = _http(tmp_path, pebble).submit(SigningRequest(_csr(cn="127.0.0.1", ips=["127.0.0.1"]), ""))
+    assert result.status is DispositionStatus.ISSUED, result
+    sans = _chain(result)[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert sans.get_values_for_type(x509.DNSName) == []
+    _verify_to(_chain(result), pebble.roots()[0])
+
+
+def test_a_cn_only_csr_is_denied_with_what_to_change_not_as_an_account_problem(pebble: Pebble,
+                                                                                tmp_path: Path) -> None:
+    """A Key Vault policy with a subject CN and no SANs: Pebble would refuse it at finalize as
+    ``unauthorized`` ("different number of DNSnames identifiers than CSR specifies"). certlc
+    denies it before the order, telling the owner to add the CN to the policy's SANs."""
+    connector = _http(tmp_path, pebble)
+    result = connector.submit(SigningRequest(_csr(cn="legacy.example.test"), ""))
+    assert result.status is DispositionStatus.DENIED and result.reason == "CsrNamesMissing", result
+    assert "add 'legacy.example.test' as a DNS name" in result.message
+    assert "subject_alternative_names.dns_names" in result.message
+    # A CSR whose CN is not among its SANs reaches Pebble (RFC 8555 lets a name sit in the CN
+    # only; Let's Encrypt and step-ca certify it), which refuses it at finalize: a refusal of the
+    # request with Pebble's words, not "refused the ACME account".
+    result = connector.submit(SigningRequest(_csr("api.legacy.example.test", cn="legacy.example.test"), ""))
+    assert result.status is DispositionStatus.DENIED and result.reason == "RequestRefused", result
+    assert "refused to finalize the order with this CSR" in result.message and "unauthorized" in result.message
+    assert "account" not in result.message.lower()
+    assert result.request_id.startswith(pebble.directory_url.rsplit("/", 1)[0])  # the order URL
+
+
+def test_http01_from_a_webroot_served_by_another_user_under_umask_077(pebble: Pebble, tmp_path: Path) -> None:
+    """certlc runs with umask 0077 (CLI, systemd UMask=0077); the web server as another user.
+    The directories certlc creates must let it through, or Pebble gets a 404 (ChallengeFailed)."""
+    if os.geteuid() != 0:
+        pytest.skip("serving the webroot as another user (nobody) needs root")
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    assert python, "/usr/bin/python3 serves the webroot as nobody"
+    webroot = Path(tempfile.mkdtemp(prefix="certlc-webroot-"))  # not under pytest's 0700 tmp_path
+    try:
+        webroot.chmod(0o755)
+        log = tmp_path / "webroot-server.log"
+        with log.open("ab") as out:
+            server = subprocess.Popen([python, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(webroot),
+                                       str(pebble.http_port)], stdout=out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, user="nobody", group="nogroup", cwd="/",
+                                      start_new_session=True)
+        try:
+            wait_until(server, _tcp_open(pebble.http_port), "the webroot server", log, 30)
+            connector = _connector(tmp_path, pebble.directory_url, ca_bundle=str(pebble.ca_bundle),
+                                   challenge="http-01", webroot=str(webroot))
+            assert isinstance(connector.solver, WebrootSolver)
+            old = os.umask(0o077)
+            try:
+                assert connector.check().ok, connector.check()
+                result = connector.submit(SigningRequest(_csr("webroot.example.test"), ""))
+            finally:
+                os.umask(old)
+            assert result.status is DispositionStatus.ISSUED, (result, log.read_text()[-2000:])
+            assert list((webroot / ".well-known" / "acme-challenge").iterdir()) == []  # cleaned up
+        finally:
+            stop_process(server)
+    finally:
+        shutil.rmtree(webroot, ignore_errors=True)
+
+
 # (b) dns-01 through RFC 2136 to BIND --------------------------------------------------------------
 def test_dns01_through_rfc2136_to_bind_issues_a_wildcard_and_removes_the_records(
         pebble_bind: Pebble, named: Named, tmp_path: Path) -> None:
@@ -156,6 +229,27 @@ def test_rfc2136_with_a_configured_zone_and_inline_secret(pebble_bind: Pebble, n
                          rfc2136_zone="acme.test")
     assert connector.check().ok
     assert connector.submit(SigningRequest(_csr("inline.acme.test"), "")).issued
+
+
+def test_an_hmac_md5_key_file_from_tsig_keygen_signs_what_bind_accepts(tmp_path: Path) -> None:
+    """``algorithm hmac-md5;`` (tsig-keygen -a hmac-md5) used to crash in dnspython's use_tsig."""
+    with start_named(tmp_path / "named-md5", zone="md5.test", algorithm="hmac-md5") as md5:
+        assert "algorithm hmac-md5;" in md5.key_file.read_text()
+        connector = _connector(tmp_path, "https://127.0.0.1:1/dir", challenge="dns-01", dns_provider="rfc2136",
+                               rfc2136_server=md5.server, rfc2136_tsig_secret_file=str(md5.key_file))
+        solver = connector.solver
+        assert isinstance(solver, Rfc2136Solver)
+        assert solver.check() == []  # a signed SOA probe BIND answers
+        solver.zone = "md5.test."
+        assert solver.check() == []  # a signed no-op update BIND accepts
+        item = Challenge("dns-01", "www.md5.test", "t", "t.k", "md5-signed-value")
+        solver.present([item])
+        try:
+            reply = dns.query.tcp(dns.message.make_query("_acme-challenge.www.md5.test.", dns.rdatatype.TXT),
+                                  md5.host, port=md5.port, timeout=5)
+            assert [b"".join(r.strings).decode() for rrset in reply.answer for r in rrset] == ["md5-signed-value"]
+        finally:
+            solver.cleanup([item])
 
 
 def test_check_reports_a_wrong_tsig_secret(pebble_bind: Pebble, named: Named, tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import json
+import logging
 import os
 import socket
 import stat
@@ -37,6 +39,7 @@ from certlc.ca import DispositionStatus, SigningRequest, connector_for
 from certlc.ca import acme as acme_module
 from certlc.ca.acme import AcmeConnector, ExternalAccount, select_chain, split_pem
 from certlc.ca.acme_solvers import (
+    TSIG_ALGORITHMS,
     AzureDnsSolver,
     Challenge,
     HttpResponderSolver,
@@ -462,7 +465,12 @@ UPN = x509.OtherName(x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3"), b"\x0c\x0f
     pytest.param(("www.example.test",), None, [UPN], "UPN", id="UPN SAN"),
     pytest.param(("www.example.test",), None, [x509.UniformResourceIdentifier("spiffe://x/y")], "URI spiffe://x/y",
                  id="URI SAN"),
-    pytest.param((), "Contoso Web Service", None, "subject CN 'Contoso Web Service' is not a DNS name", id="CN words"),
+    pytest.param(("www.example.test",), "Contoso Web Service", None,
+                 "subject CN 'Contoso Web Service' is neither a DNS name an ACME CA can validate nor an IP address",
+                 id="CN words"),
+    pytest.param((), "192.0.2.7", [x509.IPAddress(ipaddress.ip_address("192.0.2.8"))],
+                 "subject CN '192.0.2.7' is an IP address the CSR's subject alternative names do not include",
+                 id="IP CN not among the IP SANs"),
     pytest.param(("bad_name.example.test",), None, None, "bad_name.example.test", id="invalid DNS name"),
 ])
 def test_a_csr_acme_cannot_validate_is_denied_before_any_order(names: tuple[str, ...], cn: str | None,
@@ -475,9 +483,64 @@ def test_a_csr_acme_cannot_validate_is_denied_before_any_order(names: tuple[str,
     assert client.calls == []
 
 
-def test_wildcards_need_dns01_and_ip_addresses_http01() -> None:
-    import ipaddress
+@pytest.mark.parametrize(("cn", "fragments"), [
+    pytest.param("www.example.test", ["only the subject CN 'www.example.test'", "ACME CAs certify the names in the SANs",
+                                      "add 'www.example.test' as a DNS name to the Key Vault certificate policy's SANs "
+                                      "(subject_alternative_names.dns_names), then renew"], id="DNS name CN"),
+    pytest.param("Contoso Web Service", ["(the subject CN 'Contoso Web Service' is not a DNS name either)",
+                                         "subject_alternative_names.dns_names"], id="words CN"),
+    pytest.param("192.0.2.7", ["only the subject CN '192.0.2.7'", "IP address SANs"], id="IP CN"),
+])
+def test_a_csr_without_dns_or_ip_sans_is_denied_before_any_order(cn: str, fragments: list[str]) -> None:
+    """A Key Vault policy with a subject CN and no SANs makes a CSR with no SAN extension; ACME CAs
+    certify the SANs (Pebble refuses it at finalize as "unauthorized"): say so before any order."""
+    csr_pem, _ = _csr(cn=cn)
+    assert b"Subject Alternative" not in repr(x509.load_pem_x509_csr(csr_pem.encode()).extensions).encode()
+    client = FakeClient(_chains())
+    result = _submit(_connector(client), csr_pem)
+    assert result.status is DispositionStatus.DENIED and result.reason == "CsrNamesMissing", result
+    for fragment in fragments:
+        assert fragment in result.message
+    assert "account" not in result.message.lower()
+    assert client.calls == []  # the CA is not contacted
 
+
+def test_a_cn_that_is_an_ip_address_among_the_ip_sans_is_ordered_as_that_ip_address() -> None:
+    """RFC 8738: CN=127.0.0.1 with SAN IP:127.0.0.1 is an IP certificate, not a CN that is no DNS
+    name. certlc orders the IP identifier only (the acme library would order the CN as a DNS name)."""
+    csr_pem, _ = _csr(cn="127.0.0.1", extra=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    connector = _connector(FakeClient(_chains()))
+    csr = connector._csr(csr_pem)  # not refused
+    assert acme_module._identifiers(csr) == ([], ["127.0.0.1"])
+
+    sent: list[Any] = []
+
+    def post(url: str, obj: Any, **kwargs: Any) -> requests.Response:
+        sent.append((url, obj))
+        response = requests.Response()
+        response.status_code = 201
+        response.headers["Location"] = ORDER_URL
+        response._content = json.dumps({"status": "pending", "identifiers": json.loads(obj.json_dumps())["identifiers"],
+                                        "authorizations": [], "finalize": ORDER_URL + "/finalize"}).encode()
+        return response
+
+    client = acme_module._Client.__new__(acme_module._Client)  # the real new_order, no network
+    client.directory = {"newOrder": "https://acme.example.test/new-order"}  # type: ignore[assignment]
+    client._post = post  # type: ignore[method-assign]
+    order = client.new_order(csr_pem.encode())
+    [(url, new_order)] = sent
+    assert url == "https://acme.example.test/new-order"
+    assert [(i.typ.name, i.value) for i in new_order.identifiers] == [("ip", "127.0.0.1")]
+    assert order.uri == ORDER_URL and order.csr_pem == csr_pem.encode()
+
+    # A DNS name CN still leads the order (as certbot orders it), once whatever its case.
+    mixed, _ = _csr("api.example.test", "WWW.example.test", cn="www.example.test",
+                    extra=[x509.IPAddress(ipaddress.ip_address("192.0.2.7"))])
+    assert acme_module._identifiers(x509.load_pem_x509_csr(mixed.encode())) == (
+        ["www.example.test", "api.example.test"], ["192.0.2.7"])
+
+
+def test_wildcards_need_dns01_and_ip_addresses_http01() -> None:
     wildcard, _ = _csr("*.example.test")
     with pytest.raises(TerminalError) as caught:
         _submit(_connector(FakeClient(_chains())), wildcard)
@@ -556,6 +619,18 @@ SSL_UNTRUSTED = requests.exceptions.SSLError(
                  ["eab_kid"], id="externalAccountRequired is CaAuthFailed"),
     pytest.param("account", _problem("unauthorized", "bad EAB signature"), TerminalError, "CaAuthFailed",
                  ["bad EAB signature"], id="unauthorized account is CaAuthFailed"),
+    pytest.param("finalize", _problem("unauthorized", "Order includes different number of DNSnames identifiers than "
+                                                      "CSR specifies"), "denied", "RequestRefused",
+                 ["refused to finalize the order with this CSR", "different number of DNSnames",
+                  "every name belongs in the SANs"], id="unauthorized at finalize refuses the request"),
+    pytest.param("order", _problem("unauthorized", "Cannot issue for this name"), "denied", "RequestRefused",
+                 ["the ACME CA refused the request", "Cannot issue for this name"],
+                 id="unauthorized at new order refuses the request"),
+    pytest.param("order", _problem("unauthorized", "policy forbids", "www.example.test"), "denied", "RequestRefused",
+                 ["www.example.test: policy forbids"], id="unauthorized naming an identifier, no challenge failed"),
+    pytest.param("order", _problem("unauthorized", 'Account is not valid, has status "deactivated"'), TerminalError,
+                 "CaAuthFailed", ["refused the ACME account", "deactivated"],
+                 id="unauthorized naming the account is CaAuthFailed"),
     pytest.param("account", _problem("malformed", "EAB kid unknown"), TerminalError, "CaAuthFailed",
                  ["EAB kid unknown"], id="malformed EAB is CaAuthFailed"),
     pytest.param("account", _problem("serverInternal", "db down"), TransientError, "CAUnavailable", ["db down"],
@@ -678,17 +753,94 @@ def _challenge(name: str = "www.example.test", token: str = "tok-" + "A" * 20) -
     return Challenge("http-01", name, token, f"{token}.thumb", "txt-value-" + token[-6:])
 
 
+def _webroot(tmp_path: Path) -> Path:
+    webroot = tmp_path / "www"  # tmp_path itself is 0700 (pytest's choice): a webroot is 0755
+    webroot.mkdir()
+    webroot.chmod(0o755)
+    return webroot
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 def test_webroot_writes_the_answer_and_removes_it(tmp_path: Path) -> None:
-    solver = WebrootSolver(tmp_path)
+    webroot = _webroot(tmp_path)
+    solver = WebrootSolver(webroot)
     assert solver.check() == []
     item = _challenge()
     solver.present([item])
-    path = tmp_path / ".well-known" / "acme-challenge" / item.token
+    path = webroot / ".well-known" / "acme-challenge" / item.token
     assert path.read_text() == item.key_authorization
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # the web server must read it
     solver.cleanup([item])
     assert not path.exists()
     solver.cleanup([item])  # cleanup after cleanup (or a failed present) is harmless
+
+
+@pytest.fixture
+def umask_077() -> Iterator[None]:
+    """certlc's CLI and systemd units (UMask=0077) run with umask 0077."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("umask_077")
+def test_under_umask_077_the_webroot_directories_are_0755_and_the_answers_0644(tmp_path: Path) -> None:
+    """mkdir(mode=0o755) is reduced by the umask to 0700: nginx as www-data would answer 404 and the
+    CA's validation fail. certlc sets the mode of what it creates explicitly."""
+    webroot = _webroot(tmp_path)
+    solver = WebrootSolver(webroot)
+    item = _challenge()
+    solver.present([item])
+    assert _mode(webroot / ".well-known") == 0o755
+    assert _mode(webroot / ".well-known" / "acme-challenge") == 0o755
+    assert _mode(webroot / ".well-known" / "acme-challenge" / item.token) == 0o644
+    assert solver.check() == []
+    solver.cleanup([item])
+    # check() creates them too (certlc ca check before the first order), the same way.
+    (tmp_path / "fresh").mkdir()
+    fresh = _webroot(tmp_path / "fresh")
+    assert WebrootSolver(fresh).check() == []
+    assert _mode(fresh / ".well-known") == _mode(fresh / ".well-known" / "acme-challenge") == 0o755
+    # A missing webroot is created on the way, 0755 as well.
+    deep = WebrootSolver(fresh / "site" / "htdocs")
+    deep.present([item])
+    assert [_mode(p) for p in (fresh / "site", fresh / "site" / "htdocs")] == [0o755, 0o755]
+
+
+def test_webroot_keeps_a_directory_the_admin_made_stricter_and_check_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    webroot = _webroot(tmp_path)
+    directory = webroot / ".well-known" / "acme-challenge"
+    directory.mkdir(parents=True)
+    (webroot / ".well-known").chmod(0o755)
+    directory.chmod(0o700)
+    solver = WebrootSolver(webroot)
+    [problem] = solver.check()
+    assert f"other users cannot traverse {str(directory)!r} (mode 0700)" in problem
+    assert "nginx as www-data" in problem and "404" in problem and "chmod o+rx" in problem
+    with caplog.at_level(logging.WARNING, logger="certlc.ca.acme_solvers"):
+        solver.present([_challenge()])
+    assert _mode(directory) == 0o700  # not loosened: certlc did not create it
+    assert "other users cannot traverse" in caplog.text
+    # The webroot itself counts too.
+    directory.chmod(0o755)
+    webroot.chmod(0o700)
+    [problem] = solver.check()
+    assert f"{str(webroot)!r} (mode 0700)" in problem
+    webroot.chmod(0o755)
+    assert solver.check() == []
+    if os.geteuid() == 0:
+        # 0750 with the group given to the web server on purpose (chgrp www-data) is open to it.
+        os.chown(directory, -1, os.getegid() + 4242)
+        directory.chmod(0o750)
+        assert solver.check() == []
+        os.chown(directory, -1, os.getegid())  # 0750 in certlc's own group: others are shut out
+        assert "(mode 0750)" in solver.check()[0]
 
 
 def test_webroot_refuses_a_token_that_would_escape_it(tmp_path: Path) -> None:
@@ -764,6 +916,60 @@ def test_the_rfc2136_update_adds_and_deletes_exactly_our_signed_txt_value() -> N
         wrong = dns.tsigkeyring.from_text({"certlc-acme.": ("hmac-sha256", base64.b64encode(b"x" * 32).decode())})
         dns.message.from_wire(txt_update("acme.test", "_acme-challenge.acme.test.", value, key=key).to_wire(),
                               keyring=wrong)
+
+
+# What tsig-keygen -a accepts, and dnspython's name for each (hmac-md5's is not "hmac-md5.").
+DNSPYTHON_TSIG = {"hmac-sha256": dns.tsig.HMAC_SHA256, "hmac-sha384": dns.tsig.HMAC_SHA384,
+                  "hmac-sha512": dns.tsig.HMAC_SHA512, "hmac-sha224": dns.tsig.HMAC_SHA224,
+                  "hmac-sha1": dns.tsig.HMAC_SHA1, "hmac-md5": dns.tsig.HMAC_MD5,
+                  "HMAC-MD5": dns.tsig.HMAC_MD5, "hmac-md5.sig-alg.reg.int.": dns.tsig.HMAC_MD5}
+
+
+def test_the_accepted_tsig_algorithms_are_bind_s() -> None:
+    assert sorted(TSIG_ALGORITHMS) == sorted(k for k in DNSPYTHON_TSIG if k.islower() and k.count(".") == 0)
+
+
+@pytest.mark.parametrize("spelling", list(DNSPYTHON_TSIG))
+@pytest.mark.parametrize("where", ["option", "key file"])
+def test_each_accepted_tsig_algorithm_signs_an_update_dnspython_verifies(tmp_path: Path, spelling: str,
+                                                                          where: str) -> None:
+    """hmac-md5 used to pass validation and then crash (KeyError: hmac-md5. in dnspython's use_tsig):
+    dnspython's name for it is hmac-md5.sig-alg.reg.int. Each name certlc accepts, from the option
+    or from a tsig-keygen key file, must sign a message that dnspython can verify."""
+    expected = DNSPYTHON_TSIG[spelling]
+    if where == "option":
+        options = {**RFC, "rfc2136_tsig_algorithm": spelling}
+    else:
+        key_file = tmp_path / "tsig.key"
+        key_file.write_text(f'key "certlc" {{\n\talgorithm {spelling};\n\tsecret "{TSIG_SECRET}";\n}};\n')
+        options = {**{k: v for k, v in RFC.items() if k not in ("rfc2136_tsig_secret", "rfc2136_tsig_key_name")},
+                   "rfc2136_tsig_secret_file": str(key_file)}
+    solver = connector_for("le", _settings(tmp_path, **options)).solver
+    assert isinstance(solver, Rfc2136Solver)
+    key = solver._key
+    assert key.algorithm == expected
+    keyring = {dns.name.from_text("certlc."): dns.tsig.Key("certlc.", TSIG_SECRET, expected)}
+    update = txt_update("acme.test", "_acme-challenge.www.acme.test.", "value", key=key)
+    parsed = dns.message.from_wire(update.to_wire(), keyring=keyring)  # verifies the signature
+    assert parsed.had_tsig and parsed.keyalgorithm == expected
+    probe = dns.message.make_query(".", dns.rdatatype.SOA)  # check()'s signed probe
+    probe.use_tsig(key, keyname=key.name, algorithm=key.algorithm)
+    assert dns.message.from_wire(probe.to_wire(), keyring=keyring).had_tsig
+
+
+def test_an_unknown_tsig_algorithm_is_a_config_error_wherever_it_comes_from(tmp_path: Path) -> None:
+    key_file = tmp_path / "tsig.key"
+    key_file.write_text(f'key "certlc" {{\n\talgorithm hmac-sha3-256;\n\tsecret "{TSIG_SECRET}";\n}};\n')
+    options = {k: v for k, v in RFC.items() if k != "rfc2136_tsig_secret"}
+    with pytest.raises(ConfigError) as caught:
+        connector_for("le", _settings(tmp_path, **options, rfc2136_tsig_secret_file=str(key_file)))
+    assert "the key file's algorithm" in str(caught.value) and "'hmac-sha3-256'" in str(caught.value)
+    assert "hmac-md5" in str(caught.value) and TSIG_SECRET not in str(caught.value)
+    # A key made elsewhere with BIND's spelling is signed under dnspython's name.
+    solver = Rfc2136Solver("127.0.0.1", 53, dns.tsig.Key("certlc.", TSIG_SECRET, "hmac-md5"))
+    assert solver._key.algorithm == dns.tsig.HMAC_MD5
+    with pytest.raises(ConfigError):
+        Rfc2136Solver("127.0.0.1", 53, dns.tsig.Key("certlc.", TSIG_SECRET, "hmac-sha3"))
 
 
 # --- Azure DNS through a recording transport ---------------------------------------------------------
