@@ -50,6 +50,7 @@ __all__ = [
     "Installer",
     "Ownership",
     "fsync_dir",
+    "make_dirs",
     "remove_stale_temps",
     "replace_symlink",
     "resolve_ownership",
@@ -149,6 +150,25 @@ def write_atomic(path: Path, data: bytes, *, mode: int, uid: int = -1, gid: int 
         raise
     fsync_dir(path.parent)
     return warnings
+
+
+def make_dirs(directory: Path, mode: int = 0o755) -> None:
+    """Create ``directory`` and missing parents with ``mode`` whatever the umask (existing ones are left as they are).
+
+    Under the systemd unit's ``UMask=0077`` a plain mkdir would make the version directories
+    0700, and a service reading its files through a group could not reach them.
+    """
+    missing: list[Path] = []
+    current = directory
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        os.chmod(path, mode)
 
 
 def replace_symlink(link: Path, target: str | Path) -> None:
@@ -251,11 +271,11 @@ class Installer:
         directory = self.versions_dir / version
         files: dict[str, Path] = {}
         try:
-            self.store.mkdir(parents=True, exist_ok=True, mode=0o755)
-            self.versions_dir.mkdir(exist_ok=True, mode=0o755)
+            make_dirs(self.store)
+            make_dirs(self.versions_dir)
             remove_stale_temps(self.store)
             remove_stale_temps(self.versions_dir)
-            directory.mkdir(exist_ok=True, mode=0o755)
+            make_dirs(directory)
             remove_stale_temps(directory)
             for form in self.options.outputs:
                 data = material.render(form, password=password, legacy=self.options.pfx.legacy,

@@ -107,6 +107,84 @@ def test_webhook_unit_command() -> None:
         "/opt/certlc/.venv/bin/certlc", "webhook", "--config", "/etc/certlc/certlc.toml"]
 
 
+AGENT_UNITS = ["certlc-agent.service", "certlc-agent-once.service"]
+AGENT_ARGV = ["/opt/certlc/.venv/bin/certlc", "agent", "--config", "/etc/certlc/agent.json"]
+
+
+@pytest.mark.parametrize("name", AGENT_UNITS)
+def test_agent_units_are_sandboxed_with_only_chown_and_fowner(name: str) -> None:
+    unit = _unit(name)
+    service = unit["Service"]
+    for key in HARDENING:
+        assert key in service, f"{name}: {key}= missing"
+    # root reduced to chown (owner/group of key files) and fowner (their mode after the chown).
+    assert service["User"] == "root"
+    assert set(service["CapabilityBoundingSet"].split()) == {"CAP_CHOWN", "CAP_FOWNER"}
+    assert "AmbientCapabilities" not in service
+    assert service["NoNewPrivileges"] == "true"
+    assert service["ProtectSystem"] == "strict"
+    assert service["UMask"] == "0077"
+    assert service["ProtectHome"] == "true"
+    assert service["PrivateTmp"] == "true"
+    assert service["KillSignal"] == "SIGTERM"
+    # The store locations are the writable paths; '-' so a host without the extension's dir starts.
+    writable = service["ReadWritePaths"].split()
+    assert "-/var/lib/waagent/Microsoft.Azure.KeyVault" in writable
+    assert all(p.startswith(("-/", "/")) for p in writable)
+    assert service["StateDirectory"] == "certlc-agent"  # the rollout state file's directory
+    assert "AF_UNIX" in service["RestrictAddressFamilies"].split()  # `systemctl reload` as a reload command
+    assert service["EnvironmentFile"] == "-/etc/certlc/agent.env"  # optional
+    env = _environment(service)
+    assert env["CERTLC_AGENT_CONFIG"] == "/etc/certlc/agent.json"
+    assert "network-online.target" in unit["Unit"]["After"]
+    assert re.search(r"^#\s+ReadWritePaths=/", (SYSTEMD / name).read_text(), re.MULTILINE)  # the drop-in example
+
+
+def test_agent_unit_polls_until_stopped() -> None:
+    unit = _unit("certlc-agent.service")
+    service = unit["Service"]
+    assert shlex.split(service["ExecStart"]) == AGENT_ARGV
+    assert service["Type"] == "simple"
+    assert service["Restart"] == "always"
+    assert 1 <= int(service["RestartSec"]) <= 60
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert "certlc-agent-once.timer" in unit["Unit"]["Conflicts"].split()
+
+
+def test_agent_once_unit_and_timer() -> None:
+    unit = _unit("certlc-agent-once.service")
+    service = unit["Service"]
+    assert shlex.split(service["ExecStart"]) == [*AGENT_ARGV, "--once"]
+    assert service["Type"] == "oneshot"
+    assert "Restart" not in service
+    assert "Install" not in unit  # started by the timer only
+    assert "certlc-agent.service" in unit["Unit"]["Conflicts"].split()
+    timer = _unit("certlc-agent-once.timer")
+    assert timer["Timer"]["Unit"] == "certlc-agent-once.service"
+    assert timer["Timer"]["OnCalendar"]
+    assert timer["Timer"]["Persistent"] == "true"
+    assert int(timer["Timer"]["RandomizedDelaySec"]) > 0
+    assert timer["Install"]["WantedBy"] == "timers.target"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verify_agent_units(tmp_path: Path) -> None:
+    for name in [*AGENT_UNITS, "certlc-agent-once.timer"]:
+        text = (SYSTEMD / name).read_text().replace("/opt/certlc/.venv/bin/", f"{BIN}/")
+        (tmp_path / name).write_text(text)
+    for name in [*AGENT_UNITS, "certlc-agent-once.timer"]:
+        result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True,
+                                timeout=60, cwd=tmp_path)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert "Unknown" not in output and "ignoring" not in output, output
+
+
+def test_agent_command_and_flags_exist_in_certlc() -> None:
+    help_text = _help(str(BIN / "certlc"), "agent", "--help")
+    assert "--config" in help_text and "--once" in help_text
+
+
 def test_env_example_holds_only_assignments_and_comments() -> None:
     keys = set()
     for line in (SYSTEMD / "certlc.env.example").read_text().splitlines():

@@ -384,3 +384,15 @@ def test_keep_versions_zero_keeps_only_the_current_one(tmp_path: Path, test_ca: 
     installer.install(material(test_ca), "v1")
     installer.install(material(test_ca), "v2")
     assert sorted(p.name for p in (tmp_path / "contoso.web.versions").iterdir() if p.is_dir()) == ["v2"]
+
+
+def test_directories_the_agent_creates_are_traversable_under_umask_0077(tmp_path: Path, test_ca: Any) -> None:
+    # The systemd unit runs with UMask=0077; a service reading through a group must still reach its files.
+    store = tmp_path / "deep" / "store"
+    old = os.umask(0o077)
+    try:
+        Installer(watched(store, outputs=["key"], mode="0640")).install(material(test_ca), "v1")
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "deep", store, store / "contoso.web.versions", store / "contoso.web.versions" / "v1"):
+        assert mode_of(directory) == 0o755, directory
