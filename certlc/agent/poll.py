@@ -44,6 +44,7 @@ __all__ = [
     "SecretVersion",
     "Throttled",
     "VaultUnavailable",
+    "default_installer",
     "parse_retry_after",
     "sdk_secret_getter",
 ]
@@ -148,12 +149,21 @@ InstalledHook = Callable[[Watched, Installer, InstallResult, Material], None]
 DeployHook = Callable[[Watched, Installer, InstallResult, Material], Any]
 
 
+def default_installer(watched: Watched) -> Any:
+    """The file installer; the Windows store installer for a certificate with a Windows store (Windows only)."""
+    if watched.windows_store is not None:
+        from certlc.agent.winstore import StoreInstaller
+
+        return StoreInstaller(watched)
+    return Installer(watched)
+
+
 class Poller:
     """Keeps the observed certificates' files at the vaults' latest versions."""
 
     def __init__(self, settings: AgentSettings, get_secret: SecretGetter, *,
                  clock: Callable[[], float] = time.monotonic,
-                 installer_factory: Callable[[Watched], Installer] = Installer,
+                 installer_factory: Callable[[Watched], Installer] = default_installer,
                  on_installed: InstalledHook | None = None, deploy: DeployHook | None = None) -> None:
         self.settings = settings
         self._get_secret = get_secret

@@ -31,6 +31,8 @@ observed certificate), so the extension's own part stays exactly what the extens
 from __future__ import annotations
 
 import json
+import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +49,7 @@ __all__ = [
     "DEFAULT_STORE_LOCATION",
     "KEY_FORMS",
     "OUTPUT_FORMS",
+    "WINDOWS_STORE_LOCATIONS",
     "AclEntry",
     "AgentOptions",
     "AgentSettings",
@@ -54,9 +57,12 @@ __all__ = [
     "CertificateOptions",
     "ObservedCertificate",
     "PfxOptions",
+    "ReportOptions",
     "SecretsManagementSettings",
     "VerifyTarget",
     "Watched",
+    "WindowsStore",
+    "default_state_dir",
     "load_agent_settings",
     "parse_agent_settings",
     "parse_secret_url",
@@ -68,6 +74,14 @@ DEFAULT_STORE_LOCATION = "/var/lib/waagent/Microsoft.Azure.KeyVault"
 OUTPUT_FORMS = ("pem", "cert", "key", "chain", "fullchain", "pfx")
 # Output forms whose file holds the private key.
 KEY_FORMS = frozenset({"pem", "key", "pfx"})
+# The Windows extension's certificateStoreLocation values (the default is LocalMachine).
+WINDOWS_STORE_LOCATIONS = {"localmachine": "LocalMachine", "currentuser": "CurrentUser"}
+_STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")
+
+
+def default_state_dir() -> Path:
+    """The agent's state directory: the systemd unit's StateDirectory, or ProgramData on Windows."""
+    return Path(r"C:\ProgramData\certlc\agent") if sys.platform == "win32" else Path("/var/lib/certlc-agent")
 
 
 class _Model(BaseModel):
@@ -315,6 +329,45 @@ class AuthenticationSettings(_Model):
     msi_endpoint: str | None = Field(default=None, alias="msiEndpoint")
 
 
+class ReportOptions(_Model):
+    """The rollout report: a local JSON file after each pass, optionally POSTed (see docs/agent.md)."""
+
+    path: Path | None = Field(default=None, description="The state file; default <state_dir>/rollout.json.")
+    url: str | None = Field(default=None, description="POST the report here (the webhook app's /api/rollout).")
+    key_env: str | None = Field(default=None, description="Environment variable holding the shared key.")
+    key_file: Path | None = Field(default=None, description="File whose first line is the shared key.")
+    header: str = Field(default="Authorization",
+                        description="Header carrying the key: 'Authorization' sends 'Bearer <key>', any other "
+                                    "header (e.g. X-Certlc-Key) the key itself.")
+    timeout: float = Field(default=10, gt=0, le=120, description="Seconds for the POST.")
+    host: str | None = Field(default=None, description="The host name reported; default: this host's name.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+            raise ValueError(f"{value!r}: the key would travel in clear text; use https:// (http only on loopback)")
+        return value
+
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value):
+            raise ValueError(f"{value!r} is not an HTTP header name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ReportOptions:
+        if self.key_env is not None and self.key_file is not None:
+            raise ValueError("give key_env or key_file, not both")
+        return self
+
+
 class AgentOptions(_Model):
     """certlc's top-level additions (the top ``certlc`` object)."""
 
@@ -324,6 +377,33 @@ class AgentOptions(_Model):
     verify_challenge_resource: bool | None = Field(
         default=None, description="Key Vault challenge-resource check; default on except for loopback vaults.")
     max_backoff: int = Field(default=3600, gt=0, description="Longest wait in seconds after failures (vault down).")
+    state_dir: Path | None = Field(
+        default=None, description="The agent's own state (rollout report, Windows store versions); default "
+                                  "/var/lib/certlc-agent, C:\\ProgramData\\certlc\\agent on Windows.")
+    report: ReportOptions = Field(default_factory=ReportOptions, description="The rollout report.")
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir if self.state_dir is not None else default_state_dir()
+
+    @property
+    def report_path(self) -> Path:
+        return self.report.path if self.report.path is not None else self.resolved_state_dir / "rollout.json"
+
+
+class WindowsStore(BaseModel):
+    """Where a certificate goes on Windows: ``Cert:\\<location>\\<name>`` (the extension's settings)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = "My"
+    location: str = "LocalMachine"
+    exportable: bool = False
+    accounts: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> str:
+        return f"Cert:\\{self.location}\\{self.name}"
 
 
 class Watched(BaseModel):
@@ -338,6 +418,8 @@ class Watched(BaseModel):
     stem: str
     symlink_name: str | None
     options: CertificateOptions
+    # Set only on Windows when certificateStoreName is given: the certificate goes into that store.
+    windows_store: WindowsStore | None = None
 
     @property
     def key(self) -> str:
@@ -385,7 +467,10 @@ class AgentSettings(_Model):
                 options = options.model_copy(update=update)
             location = obs.certificate_store_location or sms.certificate_store_location
             store = Path(location)
-            if not store.is_absolute():
+            windows_store = _windows_store(obs, sms, where, self.certlc)
+            if windows_store is not None:
+                store = self.certlc.resolved_state_dir / "winstore"  # the versions certlc put in the store
+            elif not store.is_absolute():
                 raise ValueError(f"{where}.certificateStoreLocation: {location!r} is not an absolute directory "
                                  "(Windows store locations such as LocalMachine are not supported on this platform)")
             host = urlsplit(vault_url).netloc.split(".")[0].split(":")[0]
@@ -402,11 +487,31 @@ class AgentSettings(_Model):
                                      f"{seen_files[(store, file_name)]}; set certlc.name")
                 seen_files[(store, file_name)] = index
             resolved.append(Watched(url=obs.url, vault_url=vault_url, secret_name=name, store=store, stem=stem,
-                                    symlink_name=obs.custom_symbolic_link_name, options=options))
+                                    symlink_name=obs.custom_symbolic_link_name, options=options,
+                                    windows_store=windows_store))
         self._watched = resolved
         return self
 
     _watched: list[Watched] = []
+
+
+def _windows_store(obs: ObservedCertificate, sms: SecretsManagementSettings, where: str,
+                   agent: AgentOptions) -> WindowsStore | None:
+    """The Windows certificate store for ``obs``: only on Windows, and only with a certificateStoreName."""
+    name = obs.certificate_store_name or sms.certificate_store_name
+    if sys.platform != "win32" or not name:
+        return None
+    if not _STORE_NAME.fullmatch(name):
+        raise ValueError(f"{where}.certificateStoreName: {name!r} is not a certificate store name such as My")
+    location = obs.certificate_store_location
+    if location is None and sms.certificate_store_location != DEFAULT_STORE_LOCATION:
+        location = sms.certificate_store_location
+    canonical = WINDOWS_STORE_LOCATIONS.get((location or "LocalMachine").lower())
+    if canonical is None:
+        raise ValueError(f"{where}.certificateStoreLocation: {location!r} is not LocalMachine or CurrentUser "
+                         "(with certificateStoreName the certificate goes into a Windows store)")
+    return WindowsStore(name=name, location=canonical, exportable=bool(obs.key_exportable),
+                        accounts=tuple(obs.accounts))
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -452,6 +557,9 @@ def parse_agent_settings(data: Mapping[str, Any], *, source: str = "agent settin
 def _anchor(settings: AgentSettings, base: Path) -> None:
     if settings.certlc.ca_bundle is not None and not settings.certlc.ca_bundle.is_absolute():
         settings.certlc.ca_bundle = (base / settings.certlc.ca_bundle).resolve()
+    report = settings.certlc.report
+    if report.key_file is not None and not report.key_file.is_absolute():
+        report.key_file = (base / report.key_file).resolve()
     anchored = []
     for watched in settings.watched:
         pfx = watched.options.pfx

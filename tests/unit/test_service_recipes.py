@@ -266,6 +266,25 @@ def test_winsw_webhook() -> None:
         "webhook", "--config", r'"C:\ProgramData\certlc\certlc.toml"']
 
 
+def test_winsw_agent() -> None:
+    root = _winsw("certlc-agent.xml")
+    assert root.tag == "service" and root.findtext("id") == "certlc-agent"
+    assert root.findtext("executable") == r"D:\certlc\.venv\Scripts\certlc.exe"
+    assert shlex.split(root.findtext("arguments"), posix=False) == [
+        "agent", "--config", r'"C:\ProgramData\certlc\agent.json"']
+    env = {e.get("name"): e.get("value") for e in root.findall("env")}
+    assert env["CERTLC_AGENT_CONFIG"] == r"C:\ProgramData\certlc\agent.json"
+    assert env["PYTHONUTF8"] == "1" and env["NO_COLOR"] == "1"
+    failures = root.findall("onfailure")
+    assert len(failures) >= 2 and all(f.get("action") == "restart" for f in failures)
+    assert root.findtext("resetfailure") and root.findtext("stoptimeout")
+    assert root.findtext("stopparentprocessfirst") == "true"  # Ctrl+C: the agent's SIGINT handler stops it
+    assert root.findtext("logpath") == r"C:\ProgramData\certlc\logs"
+    assert root.find("log").get("mode") == "roll-by-size"
+    # LocalSystem (no service account): importing into LocalMachine\My needs an administrator.
+    assert root.find("serviceaccount") is None
+
+
 def test_install_script_mentions_what_the_readme_promises() -> None:
     script = (WINDOWS / "install.ps1").read_text()
     for needle in ("Invoke-WebRequest", "/health", "sc.exe failure", "reset= 86400",
