@@ -107,6 +107,10 @@ class PassReport:
     outcomes: dict[str, str] = field(default_factory=dict)
     installed: dict[str, InstallResult] = field(default_factory=dict)
     requests: int = 0
+    # Why a certificate was refused, failed or rolled back this pass (for the rollout report).
+    alerts: dict[str, str] = field(default_factory=dict)
+    # The leaf of each version decoded this pass: key -> (version, SHA-1, not_after).
+    leaves: dict[str, tuple[str, str, dt.datetime]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -145,6 +149,9 @@ def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> f
 
 SecretGetter = Callable[[str, str], SecretVersion]
 InstalledHook = Callable[[Watched, Installer, InstallResult, Material], None]
+# After each pass: (installers by key, the pass's report); certlc.agent.report.Reporter writes the rollout report.
+PassHook = Callable[[dict[str, Any], "PassReport"], Any]
+_AUTO: Any = object()
 # Reload / verify / roll back after an install (certlc.agent.deploy.deploy); its result has ``ok``.
 DeployHook = Callable[[Watched, Installer, InstallResult, Material], Any]
 
@@ -164,7 +171,8 @@ class Poller:
     def __init__(self, settings: AgentSettings, get_secret: SecretGetter, *,
                  clock: Callable[[], float] = time.monotonic,
                  installer_factory: Callable[[Watched], Installer] = default_installer,
-                 on_installed: InstalledHook | None = None, deploy: DeployHook | None = None) -> None:
+                 on_installed: InstalledHook | None = None, deploy: DeployHook | None = None,
+                 after_pass: PassHook | None = _AUTO) -> None:
         self.settings = settings
         self._get_secret = get_secret
         self._clock = clock
@@ -174,6 +182,14 @@ class Poller:
         self._on_installed = on_installed
         self._deploy = deploy
         self.max_backoff = float(settings.certlc.max_backoff)
+        if after_pass is _AUTO:
+            # The rollout report, for the real agent (settings from a file) or when configured.
+            after_pass = None
+            if settings.reports:
+                from certlc.agent.report import Reporter
+
+                after_pass = Reporter(settings)
+        self._after_pass = after_pass
 
     def installer(self, watched: Watched) -> Installer:
         return self._installers[watched.key]
@@ -190,6 +206,11 @@ class Poller:
                 continue
             report.requests += 1
             report.outcomes[watched.key] = self._poll_one(watched, vault, report)
+        if self._after_pass is not None:
+            try:
+                self._after_pass(self._installers, report)
+            except Exception as exc:  # the report never fails a pass
+                log.warning("rollout report failed: %s: %s", type(exc).__name__, exc)
         return report
 
     def _poll_one(self, watched: Watched, vault: _VaultState, report: PassReport) -> str:
@@ -208,6 +229,7 @@ class Poller:
         except SecretNotFound as exc:
             vault.failures = 0
             log.error("%s: %s; keeping the installed files", watched.key, exc.message)
+            report.alerts[watched.key] = exc.message
             return Outcome.FAILED
         vault.failures, vault.not_before = 0, 0.0
         installer = self._installers[watched.key]
@@ -227,17 +249,20 @@ class Poller:
             material = decode_secret(latest.value, latest.content_type, version=latest.version)
         except SecretRefused as exc:
             state.refused_version = latest.version
+            report.alerts[watched.key] = f"version {latest.version} refused ({exc.reason}: {exc.message})"
             log.error("%s: refusing version %s (%s: %s); keeping the installed version %s",
                       watched.key, latest.version, exc.reason, exc.message, installer.current_version() or "(none)")
             return Outcome.REFUSED
         try:
             result = installer.install(material, latest.version)
         except (InstallFailed, ConfigError) as exc:
+            report.alerts[watched.key] = f"cannot install version {latest.version}: {exc.message}"
             log.error("%s: cannot install version %s: %s; the installed version %s stays",
                       watched.key, latest.version, exc.message, installer.current_version() or "(none)")
             return Outcome.FAILED
         state.refused_version = None
         report.installed[watched.key] = result
+        report.leaves[watched.key] = (latest.version, material.sha1, material.not_after)
         if material.unlinked:
             log.warning("%s: version %s holds %d certificate(s) that are not issuers of its leaf; kept at the "
                         "end of the chain", watched.key, latest.version, material.unlinked)
@@ -246,7 +271,10 @@ class Poller:
                  result.previous or "(none)")
         if self._on_installed is not None:
             self._on_installed(watched, installer, result, material)
-        if self._deploy is not None and not self._deploy(watched, installer, result, material).ok:
+        deployed = self._deploy(watched, installer, result, material) if self._deploy is not None else None
+        if deployed is not None and not deployed.ok:
+            report.alerts[watched.key] = (f"version {latest.version} {getattr(deployed, 'status', 'failed')}: "
+                                          f"{getattr(deployed, 'message', '')}").rstrip(": ")
             state.failed_version = latest.version
             state.deploy_failures += 1
             delay = min(self.max_backoff, self.settings.polling_interval * 2 ** (state.deploy_failures - 1))

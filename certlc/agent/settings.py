@@ -493,6 +493,18 @@ class AgentSettings(_Model):
         return self
 
     _watched: list[Watched] = []
+    _source: Path | None = None
+
+    @property
+    def source(self) -> Path | None:
+        """The settings file (load_agent_settings), None for settings built in code."""
+        return self._source
+
+    @property
+    def reports(self) -> bool:
+        """Whether the agent writes the rollout report: settings from a file (the real agent), or configured."""
+        return (self._source is not None or self.certlc.state_dir is not None
+                or "report" in self.certlc.model_fields_set)
 
 
 def _windows_store(obs: ObservedCertificate, sms: SecretsManagementSettings, where: str,
@@ -586,4 +598,6 @@ def load_agent_settings(path: Path | str) -> AgentSettings:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
         raise ConfigError(f"agent settings {path}: not valid {kind}: {exc}", reason="ConfigUnreadable") from None
-    return parse_agent_settings(data, source=f"agent settings {path}", base=path.resolve().parent)
+    settings = parse_agent_settings(data, source=f"agent settings {path}", base=path.resolve().parent)
+    settings._source = path
+    return settings

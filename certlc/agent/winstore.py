@@ -177,6 +177,12 @@ class StoreInstaller:
     def history(self) -> list[str]:
         return [v["version"] for v in self._state()["versions"]]
 
+    def entry(self, version: str | None = None) -> dict | None:
+        """The state entry of ``version`` (default: the current one): thumbprint, not_after, installed_at."""
+        state = self._state()
+        version = version or state["current"]
+        return next((dict(v) for v in state["versions"] if v["version"] == version), None)
+
     def thumbprint(self, version: str | None = None) -> str | None:
         """The thumbprint of ``version`` (default: the current one) in the store."""
         state = self._state()
@@ -233,6 +239,7 @@ class StoreInstaller:
         state = self._state()
         versions = [v for v in state["versions"] if v["version"] != version]
         versions.append({"version": version, "thumbprint": thumbprint,
+                         "not_after": material.not_after.isoformat(timespec="seconds"),
                          "installed_at": self._now().isoformat(timespec="seconds")})
         try:
             self._save({"current": version, "versions": versions})

@@ -6,7 +6,8 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["certlc.agent.settings", "certlc.agent.material", "certlc.agent.install",
-                                    "certlc.agent.poll", "certlc.agent.deploy", "certlc.agent.winstore"])
+                                    "certlc.agent.poll", "certlc.agent.deploy", "certlc.agent.winstore",
+                                    "certlc.agent.report"])
 def test_all_lists_the_public_names(module: str) -> None:
     mod = importlib.import_module(module)
     public = {n for n, v in vars(mod).items() if not n.startswith("_") and getattr(v, "__module__", module) == module
@@ -21,6 +22,6 @@ def test_the_agent_imports_no_prefect() -> None:
     import sys
 
     code = ("import sys, certlc.agent.settings, certlc.agent.material, certlc.agent.install, certlc.agent.poll, "
-            "certlc.agent.deploy, certlc.agent.winstore; print('prefect' in sys.modules)")
+            "certlc.agent.deploy, certlc.agent.winstore, certlc.agent.report; print('prefect' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
