@@ -102,7 +102,8 @@ def write_settings(tmp_path: Path, emulator: EmulatorHandle, vault_url: str, int
             ],
         },
         "authenticationSettings": {"msiClientId": emulator.endpoints.principals["agent"]},
-        "certlc": {"ca_bundle": emulator.endpoints.ca_bundle},
+        # The agent's state (its rollout report) in the test's folder, not /var/lib/certlc-agent.
+        "certlc": {"ca_bundle": emulator.endpoints.ca_bundle, "state_dir": str(tmp_path / "agent-state")},
     }
     path = tmp_path / "keyvault-extension.json"
     path.write_text(json.dumps(settings, indent=2))
@@ -169,6 +170,13 @@ def test_once_installs_three_then_exactly_the_renewed_one_with_one_get_each(
     assert os.readlink(store / "localhost.agent-api.current") == f"localhost.agent-api.versions/{new_version}"
     assert len([p for p in (store / "localhost.agent-api.versions").iterdir() if p.is_dir()]) == 2
     assert sha1_thumbprint(installed_leaf(store / "localhost.agent-web")) == vault.thumbprint("agent-web")
+    # The rollout report says what this host now has: the renewed version of one, the others kept.
+    rollout = json.loads((tmp_path / "agent-state" / "rollout.json").read_text())
+    by_name = {c["name"]: c for c in rollout["certificates"]}
+    assert by_name["agent-api"]["installed_version"] == new_version
+    assert by_name["agent-api"]["last_result"] == "Installed" and by_name["agent-web"]["last_result"] == "Unchanged"
+    assert {n: (c["thumbprint"] or "").upper() for n, c in by_name.items()} == {
+        n: vault.thumbprint(n).upper() for n in NAMES}
     key_file = store / "localhost.agent-api.current" / "key.pem"
     assert os.stat(key_file).st_mode & 0o777 == 0o640
 
@@ -321,7 +329,7 @@ def test_reload_makes_a_real_tls_server_serve_the_new_version_and_a_broken_reloa
             "secretsManagementSettings": {"certificateStoreLocation": str(store), "observedCertificates": [
                 {"url": f"{vault.url}/secrets/agent-tls", "certlc": {"outputs": ["fullchain", "key"], **certlc}}]},
             "authenticationSettings": {"msiClientId": emulator.endpoints.principals["agent"]},
-            "certlc": {"ca_bundle": emulator.endpoints.ca_bundle}}))
+            "certlc": {"ca_bundle": emulator.endpoints.ca_bundle, "state_dir": str(tmp_path / "agent-state")}}))
         return path
 
     assert run_agent(settings(), agent_env, "--once").returncode == 0
