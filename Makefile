@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test unit e2e lint venv clean bench-webhook
+.PHONY: demo ca-server test unit e2e lint venv clean bench-webhook
 
 venv: $(VENV)/.installed
 
@@ -24,8 +24,15 @@ node_modules/.installed: package.json package-lock.json
 
 # CA=devca|adcs-web|cfssl|acme picks the CA the renewals go to (one value; see README).
 CA ?= devca
-demo: venv node_modules/.installed
+demo: venv node_modules/.installed ca-server
 	$(BIN)/certlc demo --ca $(CA)
+
+# The CA server CA= needs (Pebble for acme, cfssl for cfssl), from apt when run as root on Debian.
+ca-server:
+	@case "$(CA)" in acme) pkg=pebble; bin=pebble;; cfssl) pkg=golang-cfssl; bin=cfssl;; *) exit 0;; esac; \
+	command -v $$bin >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq $$pkg; } || \
+		{ echo "certlc: make demo CA=$(CA) needs $$bin: sudo apt-get install $$pkg"; exit 1; }
 
 # Kerberos (the adcs-web connector's negotiate/kerberos auth on Linux): python-gssapi and pykrb5 have no
 # Linux wheels, so pip builds them; that needs libkrb5-dev and a C compiler (installed with apt when run
