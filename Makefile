@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo ca-server test unit e2e lint venv clean bench-webhook
+.PHONY: demo ca-server test unit e2e lint venv clean bench-webhook bench-agent
 
 venv: $(VENV)/.installed
 
@@ -59,6 +59,10 @@ lint: venv
 # Throughput and latency of the webhook receiver on loopback (a benchmark, not a test; a few minutes).
 bench-webhook: venv node_modules/.installed
 	$(BIN)/python -m bench.webhook $(BENCH_ARGS)
+
+# Requests and CPU per polling interval of `certlc agent` for 100 certificates on the emulator (about 2 minutes).
+bench-agent: venv
+	$(BIN)/python -m bench.agent $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .certlc .pytest_cache test-artifacts node_modules
