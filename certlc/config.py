@@ -271,6 +271,11 @@ class WebhookSettings(_Model):
     max_concurrent_starts: int = Field(
         default=4, ge=1, le=64,
         description="Flow runs being created at once (a Prefect server on SQLite refuses concurrent writes).")
+    rollout_key: SecretStr | None = Field(
+        default=None,
+        description="Key the agents send with their rollout reports (POST /api/rollout); unset: reports are refused. "
+        "A key of its own, so a server's agent cannot start renewals.")
+    rollout_dir: Path | None = Field(default=None, description="Where rollout reports are kept; default <state_dir>/rollout.")
     tls_certificate: Path | None = Field(default=None, description="PEM certificate to serve HTTPS with (Event Grid needs HTTPS).")
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_certificate.")
 
@@ -423,6 +428,10 @@ class Settings(BaseSettings):
         return (self.devca.state_dir or self.state_dir / "devca").resolve()
 
     @property
+    def rollout_path(self) -> Path:
+        return (self.webhook.rollout_dir or self.state_dir / "rollout").resolve()
+
+    @property
     def emulator_path(self) -> Path:
         return (self.emulator.state_dir or self.state_dir / "emulator").resolve()
 
@@ -505,7 +514,7 @@ def _anchor_paths(settings: Settings, base: Path) -> Settings:
     for group in (settings.devca, settings.emulator):
         if group.state_dir is not None and not group.state_dir.is_absolute():
             group.state_dir = (base / group.state_dir).resolve()
-    for attr in ("tls_certificate", "tls_key"):
+    for attr in ("tls_certificate", "tls_key", "rollout_dir"):
         value = getattr(settings.webhook, attr)
         if value is not None and not value.is_absolute():
             setattr(settings.webhook, attr, (base / value).resolve())

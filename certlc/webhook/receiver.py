@@ -19,10 +19,15 @@ the sink. Contract, as Event Grid expects it:
   is handed on: a delivery is checked whole before any of its events is;
 * the answer is 200 only after the sink took every event; a sink failure → 503, so Event Grid
   delivers again (the sink's idempotency keys make that harmless).
+
+The same app takes the agents' rollout reports (``POST /api/rollout`` with ``webhook.rollout_key``,
+see :mod:`certlc.rollout`) and serves them grouped per certificate (``GET /api/rollout`` with the
+shared key).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import logging
 from collections.abc import Sequence
@@ -45,6 +50,7 @@ from certlc.events import (
     parse_delivery,
     vault_for,
 )
+from certlc.rollout import RolloutStore, by_certificate, parse_report, vault_key
 from certlc.webhook.auth import BearerVerifier, KeysUnavailable, TokenRejected
 
 __all__ = ["AcceptedEvent", "EventSink", "create_app"]
@@ -79,6 +85,14 @@ def _authenticated(request: Request, settings: Settings) -> bool:
         return False
     given = request.query_params.get("key") or request.headers.get("x-certlc-key") or ""
     return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+
+
+def _agent_key(request: Request) -> str:
+    """The key an agent sent: ``Authorization: Bearer <key>`` or ``X-Certlc-Key: <key>``."""
+    authorization = request.headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return request.headers.get("x-certlc-key", "")
 
 
 async def _bearer_refusal(request: Request, verifier: BearerVerifier | None, what: str) -> Response | None:
@@ -190,8 +204,53 @@ def create_app(settings: Settings, sink: EventSink) -> Starlette:
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok")
 
+    store = RolloutStore(settings.rollout_path)
+    vault_names = {vault_key(v.url): v.name for v in settings.vaults}
+
+    async def report_rollout(request: Request) -> Response:
+        # Agents authenticate with a key of their own (webhook.rollout_key), never the Event Grid
+        # key: a server that is broken into must not be able to start renewals.
+        expected = settings.webhook.rollout_key
+        if expected is None:
+            return _error(403, "RolloutDisabled", "rollout reports are not accepted here: set webhook.rollout_key")
+        if not hmac.compare_digest(_agent_key(request).encode(), expected.get_secret_value().encode()):
+            return _error(401, "Unauthorized", "rollout report without the rollout key, or with a wrong one")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return _error(415, "UnsupportedMediaType", f"content type {content_type or 'none'!r} is not JSON")
+        body = await _read_body(request, settings.webhook.max_body_bytes)
+        if body is None:
+            return _error(413, "PayloadTooLarge", f"report exceeds {settings.webhook.max_body_bytes} bytes")
+        try:
+            report = parse_report(body)
+        except InvalidInput as exc:
+            return _error(400, exc.reason, exc.message)
+        try:
+            kept = await run_in_threadpool(store.save, report)
+        except OSError as exc:
+            log.error("webhook: cannot store the rollout report of %s: %s", report.host, exc.strerror or exc)
+            return JSONResponse({"error": {"code": "Unavailable", "message": "try again later"}}, status_code=503)
+        log.info("webhook: rollout report from %s (%d certificate(s))%s", report.host, len(report.certificates),
+                 "" if kept else ", older than the one kept: ignored")
+        return JSONResponse({"host": report.host, "certificates": len(report.certificates), "kept": kept})
+
+    async def read_rollout(request: Request) -> Response:
+        if not _authenticated(request, settings):
+            return _error(401, "Unauthorized", "request without the shared key, or with a wrong one")
+        reports = await run_in_threadpool(store.all)
+        now = dt.datetime.now(dt.UTC)
+        hosts = [{"host": s.report.host, "agent_version": s.report.agent_version,
+                  "generated_at": s.report.generated_at.isoformat(), "reported_at": s.received_at.isoformat(),
+                  "polling_interval": s.report.polling_interval, "certificates": len(s.report.certificates),
+                  "stale": any(h["stale"] for c in by_certificate([s], now=now) for h in c["hosts"])}
+                 for s in reports]
+        return JSONResponse({"hosts": hosts,
+                             "certificates": by_certificate(reports, now=now, vault_names=vault_names)})
+
     return Starlette(routes=[
         Route("/api/events", deliver, methods=["POST"]),
+        Route("/api/rollout", report_rollout, methods=["POST"]),
+        Route("/api/rollout", read_rollout, methods=["GET"]),
         Route("/api/events", handshake, methods=["OPTIONS"]),
         Route("/healthz", health, methods=["GET"]),
     ])

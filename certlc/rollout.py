@@ -1,0 +1,229 @@
+"""Rollout state: which version of each certificate the agents installed on which host.
+
+Each ``certlc agent`` POSTs its rollout report (schema ``certlc.rollout/1``, docs/agent.md) to the
+webhook app's ``/api/rollout`` after every pass. The report is validated here into plain data —
+only the documented fields are kept, so nothing else an agent sends (or a forged report carries)
+is ever stored — and saved as one JSON file per host under ``<state_dir>/rollout`` (atomic, the
+newest report per host wins). Readers (``GET /api/rollout``, the dashboard, ``certlc status``)
+get the reports grouped per certificate, each host marked stale when it stopped reporting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from certlc.errors import InvalidInput
+from certlc.files import atomic_write, ensure_private_dir
+
+__all__ = ["HostCertificate", "RolloutReport", "RolloutStore", "by_certificate", "parse_report", "vault_key"]
+
+log = logging.getLogger("certlc.rollout")
+
+SCHEMA = "certlc.rollout/1"
+MAX_CERTIFICATES = 5000
+# A host that missed this many polling intervals (plus a minute's grace) is shown as stale.
+STALE_INTERVALS = 3
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?")
+_VERSION = re.compile(r"[A-Za-z0-9-]{1,64}")
+_THUMBPRINT = re.compile(r"[0-9A-Fa-f]{40}")
+
+
+class _Model(BaseModel):
+    # Unknown fields are dropped, not refused: a newer agent may add some, and only what is
+    # documented is ever stored.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class HostCertificate(_Model):
+    """One observed certificate as one host reports it."""
+
+    vault: str = Field(max_length=300)
+    name: str = Field(min_length=1, max_length=127, pattern=r"^[0-9A-Za-z-]+$")
+    store: str | None = Field(default=None, max_length=1024)
+    files: list[str] = Field(default_factory=list, max_length=16)
+    installed_version: str | None = None
+    thumbprint: str | None = None
+    not_after: dt.datetime | None = None
+    installed_at: dt.datetime | None = None
+    last_result: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z]+$")
+    alert: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("vault")
+    @classmethod
+    def _vault_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"{value!r} is not a vault URL (https://<vault>.vault.azure.net)")
+        return value
+
+    @field_validator("installed_version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        if value is not None and not _VERSION.fullmatch(value):
+            raise ValueError("not a Key Vault version id")
+        return value
+
+    @field_validator("thumbprint")
+    @classmethod
+    def _thumbprint(cls, value: str | None) -> str | None:
+        if value is not None and not _THUMBPRINT.fullmatch(value):
+            raise ValueError("not a SHA-1 thumbprint (40 hex digits)")
+        return value.upper() if value is not None else None
+
+    @field_validator("files")
+    @classmethod
+    def _file_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise ValueError(f"{name[:70]!r} is not a file name")
+        return value
+
+    @field_validator("alert")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        # Shown on the dashboard and in logs: no control characters to forge lines with.
+        return None if value is None else "".join(c if c.isprintable() else " " for c in value)
+
+
+class RolloutReport(_Model):
+    """What one agent reports after a pass."""
+
+    schema_: Literal["certlc.rollout/1"] = Field(alias="schema")
+    host: str = Field(max_length=253)
+    agent_version: str | None = Field(default=None, max_length=64)
+    generated_at: dt.datetime
+    polling_interval: int = Field(ge=1, le=7 * 24 * 3600)
+    requests: int = Field(default=0, ge=0)
+    certificates: list[HostCertificate] = Field(max_length=MAX_CERTIFICATES)
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        if not _HOST.fullmatch(value) or ".." in value:
+            raise ValueError(f"{value[:80]!r} is not a host name")
+        return value.lower()
+
+    @field_validator("generated_at")
+    @classmethod
+    def _aware(cls, value: dt.datetime) -> dt.datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone (e.g. 2026-12-03T12:00:00Z)")
+        return value
+
+
+def parse_report(body: bytes | Mapping[str, Any]) -> RolloutReport:
+    """Validate an agent's report; InvalidInput (reason RolloutInvalid) names the first problems."""
+    try:
+        data = json.loads(body) if isinstance(body, bytes | bytearray) else body
+    except ValueError as exc:
+        raise InvalidInput(f"the rollout report is not JSON: {exc.msg} at position {exc.pos}",
+                           reason="RolloutInvalid") from None
+    if not isinstance(data, Mapping):
+        raise InvalidInput("the rollout report must be a JSON object", reason="RolloutInvalid")
+    try:
+        return RolloutReport.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'report'}: {e['msg']}" for e in exc.errors()[:5]]
+        raise InvalidInput("the rollout report is invalid: " + "; ".join(problems), reason="RolloutInvalid") from None
+
+
+def vault_key(url: str) -> str:
+    """A vault URL as compared across agents and configuration: scheme, host, port (443 dropped)."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    return f"https://{host}" + (f":{port}" if port not in (None, 443) else "")
+
+
+@dataclass(frozen=True)
+class Stored:
+    report: RolloutReport
+    received_at: dt.datetime
+
+
+class RolloutStore:
+    """The newest report of each host, one JSON file per host under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, host: str) -> Path:
+        return self.root / f"{host}.json"
+
+    def save(self, report: RolloutReport, *, now: dt.datetime | None = None) -> bool:
+        """Keep ``report`` unless the host already sent a newer one; True when kept."""
+        now = now or dt.datetime.now(dt.UTC)
+        previous = self.get(report.host)
+        if previous is not None and previous.report.generated_at > report.generated_at:
+            return False  # reports can arrive out of order (retries): the newest wins
+        ensure_private_dir(self.root)
+        document = {"received_at": now.isoformat(), "report": report.model_dump(mode="json", by_alias=True)}
+        atomic_write(self._path(report.host), json.dumps(document, indent=1) + "\n", mode=0o640)
+        return True
+
+    def get(self, host: str) -> Stored | None:
+        return self._read(self._path(host.lower()))
+
+    def all(self) -> list[Stored]:
+        if not self.root.is_dir():
+            return []
+        found = (self._read(p) for p in sorted(self.root.glob("*.json")))
+        return [s for s in found if s is not None]
+
+    @staticmethod
+    def _read(path: Path) -> Stored | None:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            return Stored(parse_report(document["report"]), dt.datetime.fromisoformat(document["received_at"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, InvalidInput) as exc:
+            log.warning("rollout: ignoring %s: %s", path, getattr(exc, "message", None) or type(exc).__name__)
+            return None
+
+
+def _stale(stored: Stored, now: dt.datetime) -> bool:
+    allowed = dt.timedelta(seconds=STALE_INTERVALS * stored.report.polling_interval + 60)
+    return now - stored.received_at > allowed
+
+
+def by_certificate(reports: Iterable[Stored], *, now: dt.datetime | None = None,
+                   vault_names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Per certificate (vault, name): each host's installed version, thumbprint and last result.
+
+    ``vault_names`` maps :func:`vault_key` of configured vaults to their names; certificates of
+    vaults not in it carry ``vault_name: None``.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    vault_names = vault_names or {}
+    grouped: dict[tuple[str, str], dict[str, Any]] = {}
+    for stored in reports:
+        stale = _stale(stored, now)
+        for cert in stored.report.certificates:
+            key = (vault_key(cert.vault), cert.name)
+            entry = grouped.setdefault(key, {"vault": key[0], "vault_name": vault_names.get(key[0]),
+                                             "name": cert.name, "hosts": []})
+            entry["hosts"].append({
+                "host": stored.report.host,
+                "installed_version": cert.installed_version,
+                "thumbprint": cert.thumbprint,
+                "not_after": cert.not_after.isoformat() if cert.not_after else None,
+                "installed_at": cert.installed_at.isoformat() if cert.installed_at else None,
+                "last_result": cert.last_result,
+                "alert": cert.alert,
+                "reported_at": stored.received_at.isoformat(),
+                "stale": stale,
+            })
+    for entry in grouped.values():
+        entry["hosts"].sort(key=lambda h: h["host"])
+    return [grouped[k] for k in sorted(grouped)]
