@@ -248,6 +248,51 @@ def event_due(spec: DemoCertificate) -> bool:
     return spec.remaining_days - SHIFT_DAYS < KEY_VAULT_WINDOW_DAYS
 
 
+AGENT_INTERVAL_SECONDS = 5  # the demo agent's polling interval
+AGENT_HOST = "demo-agent"  # the host name its rollout reports carry
+_AGENT_SLACK_SECONDS = 2.0  # the demo sees merges and installs by polling, each up to a second late
+
+
+def agent_watch(certificates: list[DemoCertificate]) -> list[str]:
+    """The three certificates the demo's agent observes: due ones first, so renewals reach it."""
+    due = [spec.name for spec in certificates if event_due(spec)]
+    return (due + [spec.name for spec in certificates if spec.name not in due])[:3]
+
+
+def write_agent_settings(root: Path, *, vault_url: str, client_id: str, ca_bundle: str, names: list[str],
+                         rollout_url: str, rollout_key_file: str,
+                         interval: int = AGENT_INTERVAL_SECONDS) -> Path:
+    """The agent's settings as the Key Vault VM extension's JSON plus certlc's keys: the first
+    certificate as the extension writes it (one PEM), the others as separate files with a stable
+    link; every pass reported to the stack's webhook."""
+    store = root / "store"
+    observed: list[Any] = []
+    for i, name in enumerate(names):
+        url = f"{vault_url}/secrets/{name}"
+        observed.append(url if i == 0 else {"url": url, "certlc": {
+            "outputs": ["cert", "key", "chain", "fullchain"], "mode": "0640", "link": str(root / "etc" / name)}})
+    settings = {
+        "secretsManagementSettings": {"pollingIntervalInS": str(interval), "certificateStoreLocation": str(store),
+                                      "observedCertificates": observed},
+        "authenticationSettings": {"msiClientId": client_id},
+        "certlc": {"ca_bundle": ca_bundle, "state_dir": str(root / "state"),
+                   "report": {"url": rollout_url, "key_file": rollout_key_file, "header": "X-Certlc-Key",
+                              "host": AGENT_HOST}},
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "agent.json"
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+    return path
+
+
+def _installed_version(report_path: Path, name: str) -> str | None:
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return next((c.get("installed_version") for c in report.get("certificates", []) if c.get("name") == name), None)
+
+
 def run_demo(state: Path, *, progress: Any = print, timeout: float = 180, ca: str = "devca") -> dict[str, Any]:
     """Run the whole demo in ``state`` renewing through the local CA ``ca`` (devca, adcs-web,
     cfssl, acme); returns the report (see ``certlc demo --json``).
@@ -257,10 +302,11 @@ def run_demo(state: Path, *, progress: Any = print, timeout: float = 180, ca: st
     (and the queue), the worker runs the renewals. Then a sweep checks nothing else is due.
     """
     from certlc.emulator.admin import set_clock_offset
-    from certlc.up import stop_all, up
+    from certlc.stack import start_agent
+    from certlc.up import Part, add_part, stop_all, up
 
     state = state.resolve()
-    for part in ("emulator", "devca", "results", "prefect", "mail", "logs", "stack.json"):
+    for part in ("emulator", "devca", "results", "prefect", "mail", "logs", "agent", "rollout", "stack.json"):
         target = state / part
         if target.is_dir():
             shutil.rmtree(target, ignore_errors=True)
@@ -283,17 +329,41 @@ def run_demo(state: Path, *, progress: Any = print, timeout: float = 180, ca: st
                  f"renewals go to CA profile {settings.vaults[0].ca_profile!r} ...")
         seed(client, dev, now, certificates)
         before = {spec.name: _state(client, spec.name) for spec in certificates}
+        watched = agent_watch(certificates)
+        agent_root = state / "agent"
+        agent_report = agent_root / "state" / "rollout.json"
+        settings_file = write_agent_settings(
+            agent_root, vault_url=settings.vault("demo").url, client_id=settings.emulator.principals["agent"],
+            ca_bundle=str(settings.azure.ca_bundle), names=watched, rollout_url=info.rollout_url,
+            rollout_key_file=info.rollout_key_file)
+        progress(f"starting certlc agent (identity 'agent', Key Vault Secrets User) watching {', '.join(watched)}, "
+                 f"polling every {AGENT_INTERVAL_SECONDS} s ...")
+        agent = start_agent(settings_file, info.env, agent_report, state / "logs" / "agent.log")
+        procs.append(agent)
+        add_part(state, info, Part.of("agent", agent, f"file://{agent_report}", state / "logs" / "agent.log"))
         progress(f"moving the emulator's clock {SHIFT_DAYS} days ahead: Key Vault's near-expiry events follow ...")
         shifted = time.monotonic()
         set_clock_offset(state / "emulator", f"{SHIFT_DAYS}d")
         expected = [spec.name for spec in certificates if event_due(spec)]
         renewed_after: dict[str, float] = {}
-        while len(renewed_after) < len(expected) and time.monotonic() - shifted < timeout:
+        merged_seen: dict[str, tuple[float, str | None]] = {}  # name -> (when the demo saw it, new version)
+        installed_after: dict[str, float] = {}
+        watched_due = [name for name in watched if name in expected]
+        while (len(renewed_after) < len(expected) or len(installed_after) < len(watched_due)) \
+                and time.monotonic() - shifted < timeout:
             for name in expected:
                 if name not in renewed_after and _versions(client, name) > before[name]["versions"]:
-                    renewed_after[name] = time.monotonic() - shifted
+                    seen = time.monotonic()
+                    renewed_after[name] = seen - shifted
                     progress(f"  {name} renewed {renewed_after[name]:.1f} s after the shift")
-            time.sleep(0.5)
+                    if name in watched:
+                        merged_seen[name] = (seen, client.get_certificate(name).properties.version)
+            for name, (seen, version) in merged_seen.items():
+                if name not in installed_after and _installed_version(agent_report, name) == version:
+                    installed_after[name] = time.monotonic() - seen
+                    progress(f"  {name}: the agent installed version {version} "
+                             f"{installed_after[name]:.1f} s after the merge")
+            time.sleep(0.25)
         time.sleep(3)  # let duplicate runs (Expired after NearExpiry, the queue copy) finish
         after = {spec.name: _state(client, spec.name) for spec in certificates}
         env = {**info.env}
@@ -302,12 +372,51 @@ def run_demo(state: Path, *, progress: Any = print, timeout: float = 180, ca: st
         final = {spec.name: _state(client, spec.name)["versions"] for spec in certificates}
         report = _report(certificates, before, after, final, renewed_after, second, dev, ca, info.api,
                          state / "logs")
+        report["agent"] = _agent_report(client, watched, expected, installed_after, agent_report,
+                                        _rollout_seen(info.rollout_url, settings))
+        report["ok"] = report["ok"] and report["agent"]["ok"]
         report["ca"] = ca
         return report
     finally:
         progress("stopping the local stack ...")
         stop_all(procs)
         (state / "stack.json").unlink(missing_ok=True)
+
+
+def _rollout_seen(url: str, settings: Settings) -> dict[str, str | None]:
+    """What the webhook app holds for the demo agent: certificate name -> installed version."""
+    import httpx
+
+    key = settings.webhook.shared_key.get_secret_value() if settings.webhook.shared_key else ""
+    try:
+        data = httpx.get(url, headers={"X-Certlc-Key": key}, timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return {c["name"]: h["installed_version"] for c in data.get("certificates", []) for h in c["hosts"]
+            if h["host"] == AGENT_HOST}
+
+
+def _agent_report(client: CertificateClient, watched: list[str], expected: list[str],
+                  installed_after: dict[str, float], report_path: Path,
+                  reported: dict[str, str | None]) -> dict[str, Any]:
+    """Per watched certificate: the vault's version, the agent's, how soon after the merge it was
+    installed, and what the webhook's rollout state says; ok when all agree and every renewed
+    version was installed within one polling interval."""
+    rows = []
+    for name in watched:
+        vault_version = client.get_certificate(name).properties.version
+        installed = _installed_version(report_path, name)
+        after = installed_after.get(name)
+        due = name in expected
+        rows.append({
+            "name": name, "due": due, "vault_version": vault_version, "installed_version": installed,
+            "reported_version": reported.get(name),
+            "installed_after_merge_s": round(after, 1) if after is not None else None,
+            "ok": installed == vault_version == reported.get(name)
+            and (not due or (after is not None and after <= AGENT_INTERVAL_SECONDS + _AGENT_SLACK_SECONDS)),
+        })
+    return {"interval_seconds": AGENT_INTERVAL_SECONDS, "host": AGENT_HOST, "certificates": rows,
+            "ok": bool(rows) and all(r["ok"] for r in rows)}
 
 
 def _sweep(config: Path, env: dict[str, str], log: Path) -> dict[str, Any]:

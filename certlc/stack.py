@@ -162,6 +162,15 @@ def start_webhook(config: Path, env: dict[str, str], port: int, log: Path, *, de
     return proc
 
 
+def start_agent(settings: Path, env: dict[str, str], report: Path, log: Path, *, detach: bool = False,
+                timeout: float = 60) -> subprocess.Popen[bytes]:
+    """``certlc agent --config SETTINGS``; waits for its first pass (the rollout report written)."""
+    report.unlink(missing_ok=True)
+    proc = _spawn([*CLI, "agent", "--config", str(settings)], log, env, detach=detach)
+    wait_until(proc, report.exists, "the certlc agent", log, timeout)
+    return proc
+
+
 def start_smtp_sink(maildir: Path, port: int, log: Path, *, detach: bool = False,
                     timeout: float = 30) -> subprocess.Popen[bytes]:
     """aiosmtpd on loopback, keeping every message in the Maildir ``maildir``."""

@@ -46,7 +46,7 @@ from certlc.stack import (
     stop_process,
 )
 
-__all__ = ["POOL", "Part", "StackInfo", "down", "ps", "read_stack", "up", "write_stack_config"]
+__all__ = ["POOL", "Part", "StackInfo", "add_part", "down", "ps", "read_stack", "up", "write_stack_config"]
 
 POOL = "certlc-hybrid"
 STACK_FILE = "stack.json"
@@ -56,7 +56,7 @@ STACK_FILE = "stack.json"
 class Part:
     name: str
     pid: int
-    health: str  # http(s)://... answering 200, or tcp://127.0.0.1:port
+    health: str  # http(s)://... answering 200, tcp://127.0.0.1:port, or file://<path> written lately
     log: str
     started: str | None = None  # the process's start time (see process_start_time): pid reuse check
 
@@ -79,6 +79,8 @@ class StackInfo:
     webhook_url: str  # without the key
     env: dict[str, str]  # what a client of this stack sets (includes the identity header)
     parts: list[Part] = field(default_factory=list)
+    rollout_url: str = ""  # where agents POST their rollout reports
+    rollout_key_file: str = ""  # the agents' key for it (mode 0600)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -98,16 +100,18 @@ def read_stack(root: Path) -> StackInfo | None:
 
 def write_stack_config(root: Path, *, vault_port: int, identity_port: int, webhook_port: int,
                        queue_connection_string: str, shared_key: str, lease: int = 60,
-                       ca: LocalCaPlan | None = None) -> Path:
+                       ca: LocalCaPlan | None = None, rollout_key: str | None = None) -> Path:
     """The local stack's certlc.toml: vault 'demo' on the emulator, the dev CA, the webhook with
     its key, the Azurite queue, and the emulator's two Event Grid subscriptions."""
     conn = json.dumps(queue_connection_string)
     hook = f"http://127.0.0.1:{webhook_port}/api/events?key={shared_key}"
+    rollout_line = f"rollout_key = {json.dumps(rollout_key)}" if rollout_key else ""
     sections = f"""
 [webhook]
 host = "127.0.0.1"
 port = {webhook_port}
 shared_key = {json.dumps(shared_key)}
+{rollout_line}
 
 [queue]
 connection_string = {conn}
@@ -173,10 +177,14 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
         _record(root, parts)
         webhook_port = free_port()
         plan = plan_local_ca(ca, root, DEMO_TEMPLATES)
+        # The agents' key for POST /api/rollout, in a file an agent's settings can point at.
+        rollout_key = secrets.token_urlsafe(24)
+        rollout_key_file = root / "rollout.key"
+        atomic_write(rollout_key_file, rollout_key + "\n")
         config = write_stack_config(root, vault_port=free_port(), identity_port=free_port(),
                                     webhook_port=webhook_port,
                                     queue_connection_string=azurite_connection_string(queue_port),
-                                    shared_key=secrets.token_urlsafe(24), ca=plan)
+                                    shared_key=secrets.token_urlsafe(24), ca=plan, rollout_key=rollout_key)
         if plan.kind != "devca":
             progress(f"starting the CA ({plan.kind}) ...")
             for started in plan.start(config, logs):
@@ -228,9 +236,17 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
         (root / STACK_FILE).unlink(missing_ok=True)
         raise
     info = StackInfo(root=str(root), config=str(config), api=api,
-                     webhook_url=f"http://127.0.0.1:{webhook_port}/api/events", env=env, parts=parts)
+                     webhook_url=f"http://127.0.0.1:{webhook_port}/api/events", env=env, parts=parts,
+                     rollout_url=f"http://127.0.0.1:{webhook_port}/api/rollout",
+                     rollout_key_file=str(rollout_key_file))
     atomic_write(root / STACK_FILE, info.to_json())
     return info, procs
+
+
+def add_part(root: Path, info: StackInfo, part: Part) -> None:
+    """Record a part started after `up` (the demo's agent), so `certlc down` stops it too."""
+    info.parts.append(part)
+    atomic_write(root / STACK_FILE, info.to_json())
 
 
 def _record(root: Path, parts: list[Part]) -> None:
@@ -268,6 +284,11 @@ def _alive(pid: int) -> bool:
 
 
 def _healthy(part: Part) -> bool:
+    if part.health.startswith("file://"):  # a part without a port (the agent): its state file is fresh
+        try:
+            return time.time() - Path(part.health[7:]).stat().st_mtime < 120
+        except OSError:
+            return False
     if part.health.startswith("tcp://"):
         import socket
 

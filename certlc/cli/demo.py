@@ -28,7 +28,8 @@ def demo(
     emulator's clock 25 days ahead so Key Vault sends near-expiry events to the webhook and the
     queue, waits for the worker's renewals, runs a sweep, and checks that every certificate in
     Key Vault's window got exactly one new version with the same subject, SANs, key and template,
-    and that nothing else was touched. Exits 0 only if all of that holds; stops the stack after.
+    and that nothing else was touched. A certlc agent watches three of them and must install each
+    renewed version within one polling interval and report it to the webhook's rollout state. Exits 0 only if all of that holds; stops the stack after.
     """
     from certlc.demo import run_demo
 
@@ -40,7 +41,8 @@ def demo(
     except CertlcError as exc:
         exit_with_error(exc.message, 1)
     if json_output:
-        print(json.dumps({"ca": report["ca"], "certificates": report["certificates"], "ok": report["ok"],
+        print(json.dumps({"ca": report["ca"], "certificates": report["certificates"], "agent": report["agent"],
+                          "ok": report["ok"],
                           "second_sweep_renewed": report["second_sweep_renewed"], "logs": report["logs"]},
                          indent=2))
     else:
@@ -73,6 +75,15 @@ def _print_table(report: dict) -> None:
     console = Console(width=max(Console().width, 170))
     console.print(table)
     console.print(f"sweep afterwards renewed: {', '.join(report['second_sweep_renewed']) or 'nothing'}")
+    agent = report["agent"]
+    console.print(f"certlc agent (host {agent['host']}, polling every {agent['interval_seconds']} s):")
+    for row in agent["certificates"]:
+        mark = "" if row["ok"] else " [red]PROBLEM[/red]"
+        when = (f", installed {row['installed_after_merge_s']:.1f} s after the merge"
+                if row["installed_after_merge_s"] is not None else "")
+        console.print(f"  {row['name']}: vault {row['vault_version'][:8]}, installed "
+                      f"{(row['installed_version'] or 'nothing')[:8]}, rollout state {(row['reported_version'] or 'none')[:8]}"
+                      f"{when}{mark}")
     console.print(f"logs: {report['logs']}")
     console.print("[green]OK[/green]: every due certificate renewed once, nothing else touched"
                   if report["ok"] else "[red]FAILED[/red]: a promise did not hold; see the table and the logs")

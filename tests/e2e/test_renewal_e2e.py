@@ -398,6 +398,16 @@ def test_demo_renews_every_due_certificate_and_nothing_else(stack: Stack, tmp_pa
         else:
             assert not row["renewed"] and row["new_thumbprint"] == row["old_thumbprint"], row
     assert report["second_sweep_renewed"] == []
+    # The agent on the stack watched three certificates and installed each renewed version within
+    # one polling interval (plus the demo's observation lag) and reported it to the rollout state.
+    agent = report["agent"]
+    assert agent["ok"] is True and len(agent["certificates"]) == 3
+    renewed = {r["name"]: r["new_thumbprint"] for r in rows if r["renewed"]}
+    for row in agent["certificates"]:
+        assert row["installed_version"] == row["vault_version"] == row["reported_version"], row
+        if row["name"] in renewed:
+            assert row["installed_after_merge_s"] <= agent["interval_seconds"] + 2, row
+    assert sum(r["name"] in renewed for r in agent["certificates"]) >= 2
 
 
 def _secret_needles(stack: Stack) -> dict[str, str]:

@@ -17,16 +17,36 @@ from certlc.up import Part, StackInfo, down, ps, write_stack_config
 
 def test_stack_config_is_valid_and_wires_events_to_webhook_and_queue(tmp_path: Path) -> None:
     path = write_stack_config(tmp_path, vault_port=9443, identity_port=9442, webhook_port=9080,
-                              queue_connection_string="UseDevelopmentStorage=true", shared_key="k3y")
+                              queue_connection_string="UseDevelopmentStorage=true", shared_key="k3y",
+                              rollout_key="r0ll")
     assert path.stat().st_mode & 0o077 == 0  # holds the webhook key
     settings = load_settings(path)
     assert settings.vault("demo").url == "https://localhost:9443"
     assert settings.webhook.shared_key.get_secret_value() == "k3y"
+    assert settings.webhook.rollout_key is not None and settings.webhook.rollout_key.get_secret_value() == "r0ll"
+    assert settings.rollout_path == (tmp_path / "rollout").resolve()
     kinds = {(s.destination, s.event_schema) for s in settings.emulator.subscriptions}
     assert kinds == {("webhook", "eventgrid"), ("webhook", "cloudevents"), ("storage_queue", "eventgrid")}
     for sub in settings.emulator.subscriptions:
         if sub.destination == "webhook":
             assert sub.endpoint == "http://127.0.0.1:9080/api/events?key=k3y"
+
+
+def test_the_demo_agent_settings_are_the_extension_json_and_report_to_the_stack(tmp_path: Path) -> None:
+    from certlc.agent.settings import load_agent_settings
+    from certlc.demo import DEMO_CERTIFICATES, agent_watch, event_due, write_agent_settings
+
+    names = agent_watch(DEMO_CERTIFICATES)
+    assert len(names) == 3 and all(event_due(s) for s in DEMO_CERTIFICATES if s.name in names)
+    key_file = tmp_path / "rollout.key"
+    key_file.write_text("k\n")
+    path = write_agent_settings(tmp_path / "agent", vault_url="https://localhost:9443", client_id="cid",
+                                ca_bundle=str(tmp_path / "ca.pem"), names=names,
+                                rollout_url="http://127.0.0.1:9080/api/rollout", rollout_key_file=str(key_file))
+    settings = load_agent_settings(path)
+    assert [w.secret_name for w in settings.watched] == names and settings.polling_interval == 5
+    assert settings.certlc.report.url == "http://127.0.0.1:9080/api/rollout"
+    assert settings.certlc.report_path == tmp_path / "agent" / "state" / "rollout.json"
 
 
 def test_local_prefect_yaml_changes_only_the_pull_directory_and_drain_interval(tmp_path: Path) -> None:
