@@ -34,7 +34,8 @@ import pwd
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ __all__ = [
     "Installer",
     "Ownership",
     "fsync_dir",
+    "grant_readers",
     "make_dirs",
     "remove_stale_temps",
     "replace_symlink",
@@ -116,12 +118,35 @@ def _temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}{_TEMP_MARK}{secrets.token_hex(6)}")
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int, uid: int = -1, gid: int = -1) -> list[str]:
-    """Write ``data`` to ``path`` atomically with ``mode`` and owner; the warnings (failed chown).
+def grant_readers(path: Path, readers: Sequence[str], *, shown: Path | None = None) -> list[str]:
+    """Give each of ``readers`` (``u:NAME`` / ``g:NAME``) read access to ``path`` through a POSIX
+    ACL; the warnings. setfacl (Debian's ``acl`` package) does it: it knows the xattr format and
+    recomputes the mask, and it is on every distribution that has ACLs."""
+    if not readers:
+        return []
+    what = f"cannot give {', '.join(readers)} read access to {shown or path}"
+    setfacl = shutil.which("setfacl")
+    if setfacl is None:
+        return [f"{what}: setfacl is not installed (Debian/Ubuntu: apt install acl)"]
+    try:
+        proc = subprocess.run([setfacl, "--modify", ",".join(f"{r}:r" for r in readers), "--", str(path)],
+                              capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [f"{what}: {type(exc).__name__}"]
+    if proc.returncode != 0:
+        detail = " ".join(proc.stderr.replace(str(path), str(shown or path)).split())[:300]
+        return [f"{what}: {detail or f'setfacl exit {proc.returncode}'}"]
+    return []
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int, uid: int = -1, gid: int = -1,
+                 readers: Sequence[str] = ()) -> list[str]:
+    """Write ``data`` to ``path`` atomically with ``mode``, owner and ACL readers; the warnings
+    (failed chown or setfacl).
 
     The temporary file is created ``0600`` with ``O_EXCL | O_NOFOLLOW`` in ``path``'s directory,
     so it is never readable by others and never a link someone planted; it gets its owner first,
-    then its mode, then replaces ``path``. On any error the temporary file is removed and
+    then its mode and ACL, then replaces ``path``. On any error the temporary file is removed and
     ``path`` is unchanged.
     """
     warnings: list[str] = []
@@ -143,6 +168,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int, uid: int = -1, gid: int 
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
+        warnings += grant_readers(tmp, readers, shown=path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -266,6 +292,7 @@ class Installer:
             raise InstallFailed(f"version {version!r} is not a Key Vault version id")
         password = self._pfx_password() if "pfx" in self.options.outputs else b""
         owners = resolve_ownership(self.options.owner, self.options.group)
+        readers = [q for entry in self.options.readers for q in entry.acl_entries()]
         warnings = list(owners.warnings)
         previous = self.current_version()
         directory = self.versions_dir / version
@@ -282,7 +309,7 @@ class Installer:
                                        name=self.watched.secret_name.encode())
                 mode = self.options.mode if form in _KEY_FORMS else self.options.public_mode
                 path = directory / FILE_NAMES[form]
-                warnings += write_atomic(path, data, mode=mode, uid=owners.uid, gid=owners.gid)
+                warnings += write_atomic(path, data, mode=mode, uid=owners.uid, gid=owners.gid, readers=readers)
                 files[form] = path
             fsync_dir(directory)
             history = [v for v in self.history() if v != version] + [version]

@@ -84,6 +84,8 @@ def default_state_dir() -> Path:
     return Path(r"C:\ProgramData\certlc\agent") if sys.platform == "win32" else Path("/var/lib/certlc-agent")
 
 
+_ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\$?")
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -171,6 +173,31 @@ class VerifyTarget(_Model):
         return int(self.address.rpartition(":")[2])
 
 
+class AclEntry(_Model):
+    """The Linux extension's ``acls`` entry: who may read the certificate's files."""
+
+    user: str | None = None
+    group: str | None = None
+
+    @field_validator("user", "group")
+    @classmethod
+    def _account_name(cls, value: str | None) -> str | None:
+        # Names go into a setfacl entry (u:NAME:r): nothing that could add another entry.
+        if value is not None and not _ACCOUNT.fullmatch(value):
+            raise ValueError(f"{value[:40]!r} is not a user or group name")
+        return value
+
+    def acl_entries(self) -> list[str]:
+        """The POSIX ACL qualifiers for setfacl: u:NAME and/or g:NAME."""
+        return [f"{tag}:{name}" for tag, name in (("u", self.user), ("g", self.group)) if name is not None]
+
+    @model_validator(mode="after")
+    def _something(self) -> AclEntry:
+        if self.user is None and self.group is None:
+            raise ValueError("an acls entry names a user, a group or both")
+        return self
+
+
 class CertificateOptions(_Model):
     """certlc's additions for one observed certificate (the ``certlc`` object)."""
 
@@ -183,6 +210,10 @@ class CertificateOptions(_Model):
     pfx: PfxOptions = Field(default_factory=PfxOptions, description="PFX password and encryption.")
     owner: str | int | None = Field(default=None, description="User owning the files (name or uid); default: the agent's.")
     group: str | int | None = Field(default=None, description="Group of the files (name or gid); default: the agent's.")
+    readers: list[AclEntry] = Field(
+        default_factory=list, max_length=32,
+        description="More users/groups given read access to every file through a POSIX ACL (setfacl), "
+                    "e.g. [{\"user\": \"nginx\"}, {\"group\": \"postfix\"}].")
     mode: int = Field(default=0o600, description="Mode of files holding the private key (pem, key, pfx); never o+r.")
     public_mode: int = Field(default=0o644, description="Mode of files without the key (cert, chain, fullchain).")
     link: Path | None = Field(
@@ -244,19 +275,6 @@ class CertificateOptions(_Model):
         return self
 
 
-class AclEntry(_Model):
-    """The Linux extension's ``acls`` entry: who may read the certificate's files."""
-
-    user: str | None = None
-    group: str | None = None
-
-    @model_validator(mode="after")
-    def _something(self) -> AclEntry:
-        if self.user is None and self.group is None:
-            raise ValueError("an acls entry names a user, a group or both")
-        return self
-
-
 class ObservedCertificate(_Model):
     """One ``observedCertificates`` object (the URL-string form becomes ``{"url": ...}``)."""
 
@@ -280,14 +298,6 @@ class ObservedCertificate(_Model):
     def _link_name(cls, value: str | None) -> str | None:
         if value is not None and (not value or "/" in value or value in (".", "..")):
             raise ValueError(f"{value!r} is not a plain file name (the link is made in the store location)")
-        return value
-
-    @field_validator("acls")
-    @classmethod
-    def _one_acl(cls, value: list[AclEntry]) -> list[AclEntry]:
-        if len(value) > 1:
-            raise ValueError("certlc applies one owner and group per certificate; give one acls entry "
-                             "(or certlc.owner / certlc.group)")
         return value
 
 
@@ -458,8 +468,10 @@ class AgentSettings(_Model):
                 except ValidationError as exc:
                     raise ValueError(f"{where}.certlc (with certlc.defaults): {_first_error(exc)}") from None
             if obs.acls:
-                acl = obs.acls[0]
-                update = {}
+                # The first entry owns the files (as the extension's single-entry form is used);
+                # every further entry gets read access through a POSIX ACL.
+                acl, *more = obs.acls
+                update: dict[str, Any] = {"readers": [*more, *options.readers]}
                 if options.owner is None and acl.user is not None:
                     update["owner"] = acl.user
                 if options.group is None and acl.group is not None:

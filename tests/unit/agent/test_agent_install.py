@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
@@ -136,6 +137,52 @@ def test_a_failed_chown_is_a_warning_not_a_failure(tmp_path: Path, test_ca: Any,
     assert mode_of(result.files["key"]) == 0o640  # the mode is still applied
     assert len(result.warnings) == 2 and all("Operation not permitted" in w for w in result.warnings)
     assert seen == result.warnings
+
+
+needs_setfacl = pytest.mark.skipif(shutil.which("setfacl") is None, reason="setfacl (apt acl) is not installed")
+
+
+def acl_of(path: Path) -> set[str]:
+    out = subprocess.run(["getfacl", "--omit-header", "--numeric", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    return {line for line in out.split() if line}
+
+
+@needs_setfacl
+def test_further_readers_get_read_access_through_a_posix_acl_and_others_still_nothing(
+        tmp_path: Path, test_ca: Any, other_user: tuple[int, int]) -> None:
+    uid, gid = other_user
+    w = watched(tmp_path, outputs=["key", "fullchain"], mode="0600",
+                readers=[{"user": "nobody"}, {"group": "nogroup"}])
+    result = Installer(w).install(material(test_ca), "v1")
+    assert result.warnings == []
+    for path in result.files.values():
+        entries = acl_of(path)
+        assert f"user:{uid}:r--" in entries and f"group:{gid}:r--" in entries
+    assert "other::---" in acl_of(result.files["key"])  # the key stays closed to everyone else
+    assert mode_of(result.files["key"]) & 0o007 == 0
+    # The next version gets the same ACL: it is part of writing each file, not a one-off.
+    again = Installer(w).install(material(test_ca), "v2")
+    assert f"user:{uid}:r--" in acl_of(again.files["key"])
+
+
+def test_without_setfacl_further_readers_are_a_warning_and_the_files_are_installed(
+        tmp_path: Path, test_ca: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    w = watched(tmp_path, outputs=["key"], readers=[{"user": "nginx"}])
+    result = Installer(w, on_warning=lambda _: None).install(material(test_ca), "v1")
+    assert result.files["key"].is_file() and mode_of(result.files["key"]) == 0o600
+    assert result.warnings == [f"cannot give u:nginx read access to {result.files['key']}: setfacl is not "
+                               "installed (Debian/Ubuntu: apt install acl)"]
+
+
+@needs_setfacl
+def test_an_unknown_reader_is_a_warning_naming_the_final_file(tmp_path: Path, test_ca: Any) -> None:
+    w = watched(tmp_path, outputs=["key"], readers=[{"user": "no-such-user-certlc"}])
+    result = Installer(w, on_warning=lambda _: None).install(material(test_ca), "v1")
+    [warning] = result.warnings
+    assert warning.startswith(f"cannot give u:no-such-user-certlc read access to {result.files['key']}: ")
+    assert ".certlc-tmp-" not in warning and result.files["key"].is_file()
 
 
 def test_an_unknown_user_name_is_a_warning(tmp_path: Path, test_ca: Any) -> None:

@@ -179,12 +179,21 @@ def test_top_level_defaults_apply_and_entries_override_them() -> None:
                  "is observed twice", id="same secret twice"),
     pytest.param(settings(certificateStoreLocation="LocalMachine"), "Windows store locations", id="windows store"),
     pytest.param(settings(observedCertificates=[{"url": "https://v.vault.azure.net/secrets/a",
-                                                 "acls": [{"user": "a"}, {"user": "b"}]}]),
-                 "one acls entry", id="two acl entries"),
+                                                 "acls": [{"user": "a"}, {"user": "b,u:evil:rw"}]}]),
+                 "acls.1.user: 'b,u:evil:rw' is not a user or group name", id="acl entry injection"),
     pytest.param({"observedCertificates": []}, "secretsManagementSettings is missing", id="not extension settings"),
 ])
 def test_bad_settings_get_an_error_naming_the_field(data: Any, expected: str) -> None:
     assert expected in error_of(data)
+
+
+def test_the_first_acls_entry_owns_the_files_and_the_others_read_them_through_an_acl() -> None:
+    [w] = parse_agent_settings(settings(observedCertificates=[{
+        "url": "https://v.vault.azure.net/secrets/a",
+        "acls": [{"user": "app1", "group": "appgroup1"}, {"user": "nginx"}, {"group": "postfix"}],
+        "certlc": {"readers": [{"user": "haproxy", "group": "ssl-cert"}]}}])).watched
+    assert (w.options.owner, w.options.group) == ("app1", "appgroup1")
+    assert [q for r in w.options.readers for q in r.acl_entries()] == ["u:nginx", "g:postfix", "u:haproxy", "g:ssl-cert"]
 
 
 def test_two_vaults_with_the_same_secret_name_need_distinct_file_names() -> None:
