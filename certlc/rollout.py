@@ -22,10 +22,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from certlc.drain import Alert
 from certlc.errors import InvalidInput
 from certlc.files import atomic_write, ensure_private_dir
 
-__all__ = ["HostCertificate", "RolloutReport", "RolloutStore", "by_certificate", "parse_report", "vault_key"]
+__all__ = ["HostCertificate", "RolloutReport", "RolloutStore", "by_certificate", "new_alerts", "parse_report",
+           "vault_key"]
 
 log = logging.getLogger("certlc.rollout")
 
@@ -227,3 +229,23 @@ def by_certificate(reports: Iterable[Stored], *, now: dt.datetime | None = None,
     for entry in grouped.values():
         entry["hosts"].sort(key=lambda h: h["host"])
     return [grouped[k] for k in sorted(grouped)]
+
+
+# An agent's last_result -> the alert kind operators match (certlc.alert.<kind>).
+_ALERT_KINDS = {"RolledBack": "AgentRolledBack", "Refused": "AgentRefusedVersion", "Failed": "AgentInstallFailed",
+                "BackingOff": "AgentRolledBack"}
+
+
+def new_alerts(previous: RolloutReport | None, report: RolloutReport) -> list[Alert]:
+    """The alerts ``report`` raises that the host's ``previous`` report did not: an agent repeats
+    its alert every pass until something new happens, and operators want it once."""
+    before = {(vault_key(c.vault), c.name): c.alert for c in previous.certificates} if previous else {}
+    alerts = []
+    for cert in report.certificates:
+        if not cert.alert or before.get((vault_key(cert.vault), cert.name)) == cert.alert:
+            continue
+        kind = _ALERT_KINDS.get(cert.last_result or "", "AgentInstallFailed")
+        alerts.append(Alert(kind, f"{report.host}: {cert.name} in {vault_key(cert.vault)}: {cert.alert}", {
+            "host": report.host, "vault": vault_key(cert.vault), "certificate": cert.name,
+            "installed_version": cert.installed_version, "last_result": cert.last_result}))
+    return alerts

@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from cyclopts import Parameter
 
@@ -63,7 +63,7 @@ def webhook(
             exit_with_error(f"{exc.message} (or set webhook.enqueue = false to only start runs)", 2)
     _check_deployment(settings.webhook.deployment)
     starter = DeploymentStarter(settings.webhook.deployment, max_concurrent=settings.webhook.max_concurrent_starts)
-    app = create_app(settings, RenewalSink(starter, queue))
+    app = create_app(settings, RenewalSink(starter, queue), on_alert=_raise_alert)
     tls = settings.webhook
     # access_log off: the access line would carry the query string, i.e. the shared key.
     config = uvicorn.Config(app, ssl_certfile=str(tls.tls_certificate) if tls.tls_certificate else None,
@@ -74,6 +74,19 @@ def webhook(
     except (OSError, ValueError) as exc:
         exit_with_error(f"the webhook cannot use its TLS certificate or key: {exc}", 2)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _raise_alert(alert: Any) -> None:
+    """An agent's alert as the flows raise theirs: an ERROR line and a ``certlc.alert.<kind>``
+    Prefect event, which an automation can match to page someone."""
+    from prefect.events import emit_event
+
+    from certlc.webhook.receiver import log_alert
+
+    log_alert(alert)
+    resource = f"certlc.rollout.{alert.details['host']}.{alert.details['certificate']}"
+    emit_event(event=f"certlc.alert.{alert.kind}", resource={"prefect.resource.id": resource},
+               payload={"summary": alert.summary, **alert.details})
 
 
 def _listen(host: str, port: int) -> socket.socket:

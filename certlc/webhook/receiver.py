@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from certlc.config import Settings, VaultSettings
+from certlc.drain import Alert
 from certlc.errors import CertlcError, InvalidInput
 from certlc.events import (
     KeyVaultEvent,
@@ -50,7 +51,7 @@ from certlc.events import (
     parse_delivery,
     vault_for,
 )
-from certlc.rollout import RolloutStore, by_certificate, parse_report, vault_key
+from certlc.rollout import RolloutStore, by_certificate, new_alerts, parse_report, vault_key
 from certlc.webhook.auth import BearerVerifier, KeysUnavailable, TokenRejected
 
 __all__ = ["AcceptedEvent", "EventSink", "create_app"]
@@ -127,7 +128,12 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(settings: Settings, sink: EventSink) -> Starlette:
+def log_alert(alert: Alert) -> None:
+    log.error("ALERT %s: %s", alert.kind, alert.summary)
+
+
+def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert], None] = log_alert) -> Starlette:
+    """The receiver. ``on_alert`` is called once for each new alert an agent's rollout report carries."""
     verifier = BearerVerifier(settings.webhook.entra) if settings.webhook.entra is not None else None
 
     async def deliver(request: Request) -> Response:
@@ -226,12 +232,19 @@ def create_app(settings: Settings, sink: EventSink) -> Starlette:
         except InvalidInput as exc:
             return _error(400, exc.reason, exc.message)
         try:
+            previous = await run_in_threadpool(store.get, report.host)
             kept = await run_in_threadpool(store.save, report)
         except OSError as exc:
             log.error("webhook: cannot store the rollout report of %s: %s", report.host, exc.strerror or exc)
             return JSONResponse({"error": {"code": "Unavailable", "message": "try again later"}}, status_code=503)
         log.info("webhook: rollout report from %s (%d certificate(s))%s", report.host, len(report.certificates),
                  "" if kept else ", older than the one kept: ignored")
+        if kept:
+            for alert in new_alerts(previous.report if previous else None, report):
+                try:
+                    await run_in_threadpool(on_alert, alert)
+                except Exception as exc:  # an alert channel that fails must not lose the report
+                    log.error("webhook: could not raise alert %s: %s", alert.kind, type(exc).__name__)
         return JSONResponse({"host": report.host, "certificates": len(report.certificates), "kept": kept})
 
     async def read_rollout(request: Request) -> Response:

@@ -32,13 +32,14 @@ class Refuse:
         raise AssertionError("no event expected")
 
 
-def webhook(tmp_path: Path, **webhook: Any) -> tuple[TestClient, Path]:
+def webhook(tmp_path: Path, alerts: list[Any] | None = None, **webhook: Any) -> tuple[TestClient, Path]:
     settings = Settings.model_validate({
         "state_dir": str(tmp_path / "state"),
         "vaults": [{"name": "prod", "url": VAULT + "/", "ca_profile": "adcs"}],
         "ca_profiles": {"adcs": {"kind": "adcs-web"}},
         "webhook": {"shared_key": EVENT_KEY, "rollout_key": ROLLOUT_KEY, "max_body_bytes": 64 * 1024, **webhook}})
-    return TestClient(create_app(settings, Refuse())), settings.rollout_path
+    extra = {"on_alert": alerts.append} if alerts is not None else {}
+    return TestClient(create_app(settings, Refuse(), **extra)), settings.rollout_path
 
 
 class Vault:
@@ -179,6 +180,36 @@ def test_the_newest_report_of_a_host_wins_even_when_an_older_one_arrives_later(t
     assert post(client, report(host="WEB01", installed_version="v3",
                                generated_at=NOW + dt.timedelta(minutes=1))).json()["host"] == "web01"
     assert read(client)["certificates"][0]["hosts"][0]["installed_version"] == "v3"
+
+
+def test_an_agent_alert_is_raised_once_not_on_every_pass_that_repeats_it(tmp_path: Path) -> None:
+    alerts: list[Any] = []
+    client, _ = webhook(tmp_path, alerts)
+    assert post(client, report()).status_code == 200 and alerts == []
+    rolled_back = {"last_result": "RolledBack", "alert": "reload failed: exit 1; rolled back to version v1"}
+    for minute in (1, 2, 3):  # the agent repeats the alert every pass while it skips that version
+        assert post(client, report(generated_at=NOW + dt.timedelta(minutes=minute), **rolled_back)).status_code == 200
+    [alert] = alerts
+    assert alert.kind == "AgentRolledBack"
+    assert alert.summary == f"web01: web in {VAULT}: reload failed: exit 1; rolled back to version v1"
+    assert alert.details == {"host": "web01", "vault": VAULT, "certificate": "web", "installed_version": "v1",
+                             "last_result": "RolledBack"}
+    # A different problem later is a new alert; another host's alert is its own.
+    post(client, report(generated_at=NOW + dt.timedelta(minutes=4), last_result="Refused",
+                        alert="version v3 refused (LeafExpired: ...)"))
+    post(client, report(host="web02", **rolled_back))
+    assert [(a.kind, a.details["host"]) for a in alerts] == [
+        ("AgentRolledBack", "web01"), ("AgentRefusedVersion", "web01"), ("AgentRolledBack", "web02")]
+
+
+def test_a_failing_alert_channel_does_not_lose_the_report(tmp_path: Path) -> None:
+    class Broken(list):  # type: ignore[type-arg]
+        def append(self, item: Any) -> None:
+            raise RuntimeError("prefect down")
+
+    client, store = webhook(tmp_path, Broken())
+    response = post(client, report(last_result="Failed", alert="cannot install version v1: disk full"))
+    assert response.status_code == 200 and (store / "web01.json").exists()
 
 
 def test_a_host_that_stopped_reporting_is_stale_after_three_intervals(tmp_path: Path) -> None:
