@@ -150,7 +150,11 @@ def test_worker_runs_as_a_service_and_stops_cleanly(prefect_api: str, tmp_path: 
 
         proc.send_signal(stop_signal)
         stop_started = time.monotonic()
-        returncode = proc.wait(timeout=60)  # the unit allows TimeoutStopSec=90
+        try:
+            returncode = proc.wait(timeout=60)  # the unit allows TimeoutStopSec=90
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the worker did not stop within 60 s of {stop_signal!r}:\n"
+                                 + log.read_text(errors="replace")[-6000:]) from None
         stopped_in = time.monotonic() - stop_started
     finally:
         if proc.poll() is None:
