@@ -11,6 +11,7 @@ get the reports grouped per certificate, each host marked stale when it stopped 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import re
@@ -42,8 +43,24 @@ _THUMBPRINT = re.compile(r"[0-9A-Fa-f]{40}")
 
 class _Model(BaseModel):
     # Unknown fields are dropped, not refused: a newer agent may add some, and only what is
-    # documented is ever stored.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # documented is ever stored. Strict: no numbers as times, no booleans as counts.
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+
+def _printable(value: str | None) -> str | None:
+    # Shown on the dashboard and in logs: no control characters to forge lines with.
+    return None if value is None else "".join(c if c.isprintable() else " " for c in value)
+
+
+def _when(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{value[:40]!r} is not an ISO 8601 time") from None
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    raise ValueError("a time is an ISO 8601 string, e.g. 2026-12-03T12:00:00Z")
 
 
 class HostCertificate(_Model):
@@ -86,15 +103,19 @@ class HostCertificate(_Model):
     @classmethod
     def _file_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) or not name.strip("."):
                 raise ValueError(f"{name[:70]!r} is not a file name")
         return value
 
-    @field_validator("alert")
+    @field_validator("not_after", "installed_at", mode="before")
     @classmethod
-    def _printable(cls, value: str | None) -> str | None:
-        # Shown on the dashboard and in logs: no control characters to forge lines with.
-        return None if value is None else "".join(c if c.isprintable() else " " for c in value)
+    def _time(cls, value: Any) -> Any:
+        return _when(value)
+
+    @field_validator("alert", "store")
+    @classmethod
+    def _clean(cls, value: str | None) -> str | None:
+        return _printable(value)
 
 
 class RolloutReport(_Model):
@@ -105,7 +126,7 @@ class RolloutReport(_Model):
     agent_version: str | None = Field(default=None, max_length=64)
     generated_at: dt.datetime
     polling_interval: int = Field(ge=1, le=7 * 24 * 3600)
-    requests: int = Field(default=0, ge=0)
+    requests: int = Field(default=0, ge=0, le=10**6)
     certificates: list[HostCertificate] = Field(max_length=MAX_CERTIFICATES)
 
     @field_validator("host")
@@ -114,6 +135,16 @@ class RolloutReport(_Model):
         if not _HOST.fullmatch(value) or ".." in value:
             raise ValueError(f"{value[:80]!r} is not a host name")
         return value.lower()
+
+    @field_validator("agent_version")
+    @classmethod
+    def _clean(cls, value: str | None) -> str | None:
+        return _printable(value)
+
+    @field_validator("generated_at", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> Any:
+        return _when(value)
 
     @field_validator("generated_at")
     @classmethod
@@ -127,9 +158,11 @@ def parse_report(body: bytes | Mapping[str, Any]) -> RolloutReport:
     """Validate an agent's report; InvalidInput (reason RolloutInvalid) names the first problems."""
     try:
         data = json.loads(body) if isinstance(body, bytes | bytearray) else body
-    except ValueError as exc:
-        raise InvalidInput(f"the rollout report is not JSON: {exc.msg} at position {exc.pos}",
-                           reason="RolloutInvalid") from None
+    except RecursionError:
+        raise InvalidInput("the rollout report is nested too deeply", reason="RolloutInvalid") from None
+    except ValueError as exc:  # JSONDecodeError, and ValueError for numbers of thousands of digits
+        detail = f"{exc.msg} at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else str(exc)[:120]
+        raise InvalidInput(f"the rollout report is not JSON: {detail}", reason="RolloutInvalid") from None
     if not isinstance(data, Mapping):
         raise InvalidInput("the rollout report must be a JSON object", reason="RolloutInvalid")
     try:
@@ -160,6 +193,10 @@ class RolloutStore:
         self.root = root
 
     def _path(self, host: str) -> Path:
+        # A host name can be 253 characters; a file name only 255 bytes, and atomic_write adds a
+        # prefix and suffix to its temporary name. Long names keep a readable head and a hash.
+        if len(host) > 180:
+            host = f"{host[:150]}-{hashlib.sha256(host.encode()).hexdigest()[:16]}"
         return self.root / f"{host}.json"
 
     def save(self, report: RolloutReport, *, now: dt.datetime | None = None) -> bool:
@@ -232,8 +269,8 @@ def by_certificate(reports: Iterable[Stored], *, now: dt.datetime | None = None,
 
 
 # An agent's last_result -> the alert kind operators match (certlc.alert.<kind>).
-_ALERT_KINDS = {"RolledBack": "AgentRolledBack", "Refused": "AgentRefusedVersion", "Failed": "AgentInstallFailed",
-                "BackingOff": "AgentRolledBack"}
+_ALERT_KINDS = {"RolledBack": "AgentRolledBack", "DeployFailed": "AgentDeployFailed",
+                "Refused": "AgentRefusedVersion", "Failed": "AgentInstallFailed", "BackingOff": "AgentRolledBack"}
 
 
 def new_alerts(previous: RolloutReport | None, report: RolloutReport) -> list[Alert]:

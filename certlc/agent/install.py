@@ -124,23 +124,27 @@ def grant_readers(path: Path, readers: Sequence[str], *, shown: Path | None = No
     recomputes the mask, and it is on every distribution that has ACLs."""
     if not readers:
         return []
-    what = f"cannot give {', '.join(readers)} read access to {shown or path}"
     setfacl = shutil.which("setfacl")
     if setfacl is None:
-        return [f"{what}: setfacl is not installed (Debian/Ubuntu: apt install acl)"]
-    try:
-        proc = subprocess.run([setfacl, "--modify", ",".join(f"{r}:r" for r in readers), "--", str(path)],
-                              capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return [f"{what}: {type(exc).__name__}"]
-    if proc.returncode != 0:
-        detail = " ".join(proc.stderr.replace(str(path), str(shown or path)).split())[:300]
-        return [f"{what}: {detail or f'setfacl exit {proc.returncode}'}"]
-    return []
+        return [f"cannot give {', '.join(readers)} read access to {shown or path}: setfacl is not installed "
+                "(Debian/Ubuntu: apt install acl)"]
+    warnings = []
+    for reader in readers:  # one at a time: one unknown name must not cost the others their access
+        what = f"cannot give {reader} read access to {shown or path}"
+        try:
+            proc = subprocess.run([setfacl, "--modify", f"{reader}:r", "--", str(path)],
+                                  capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            warnings.append(f"{what}: {type(exc).__name__}")
+            continue
+        if proc.returncode != 0:
+            detail = " ".join(proc.stderr.replace(str(path), str(shown or path)).split())[:300]
+            warnings.append(f"{what}: {detail or f'setfacl exit {proc.returncode}'}")
+    return warnings
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int, uid: int = -1, gid: int = -1,
-                 readers: Sequence[str] = ()) -> list[str]:
+                 readers: Sequence[str] = (), private: bool = False) -> list[str]:
     """Write ``data`` to ``path`` atomically with ``mode``, owner and ACL readers; the warnings
     (failed chown or setfacl).
 
@@ -163,8 +167,16 @@ def write_atomic(path: Path, data: bytes, *, mode: int, uid: int = -1, gid: int 
                 try:
                     os.fchown(fd, uid, gid)
                 except OSError as exc:
+                    withheld = ""
+                    if private and mode & 0o070:  # the agent's own group must not get the key instead
+                        mode &= 0o700
+                        withheld = "; group access to the key withheld"
                     warnings.append(f"cannot give {path} to uid {uid} gid {gid}: {exc.strerror or exc}; "
-                                    "it keeps the agent's owner")
+                                    f"it keeps the agent's owner{withheld}")
+            # A default ACL on the directory would give its entries access to the new file, key
+            # included; certlc's modes (and readers) are the whole truth about who reads it.
+            with contextlib.suppress(OSError, AttributeError):
+                os.removexattr(fd, "system.posix_acl_access")
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
@@ -295,6 +307,9 @@ class Installer:
         readers = [q for entry in self.options.readers for q in entry.acl_entries()]
         warnings = list(owners.warnings)
         previous = self.current_version()
+        if previous == version:  # the current version again (its reload or verify failed before)
+            older = [v for v in self.history() if v != version and (self.versions_dir / v).is_dir()]
+            previous = older[-1] if older else None
         directory = self.versions_dir / version
         files: dict[str, Path] = {}
         try:
@@ -309,13 +324,18 @@ class Installer:
                                        name=self.watched.secret_name.encode())
                 mode = self.options.mode if form in _KEY_FORMS else self.options.public_mode
                 path = directory / FILE_NAMES[form]
-                warnings += write_atomic(path, data, mode=mode, uid=owners.uid, gid=owners.gid, readers=readers)
+                if form in _KEY_FORMS and self.options.group is not None and owners.gid == -1:
+                    mode &= 0o700  # the group is unknown here: the agent's own group must not read the key
+                warnings += write_atomic(path, data, mode=mode, uid=owners.uid, gid=owners.gid, readers=readers,
+                                         private=form in _KEY_FORMS)
                 files[form] = path
             fsync_dir(directory)
+            # The stable links all go through .current, so they can be made before it moves: a link
+            # that cannot be made fails the install with the previous version still current.
+            self._static_links()
             history = [v for v in self.history() if v != version] + [version]
             self._write_history(history)
             replace_symlink(self.current_link, f"{self.versions_dir.name}/{version}")
-            self._static_links()
         except OSError as exc:
             raise InstallFailed(f"cannot install {self.watched.key} version {version} in {self.store}: "
                                 f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""),
@@ -336,7 +356,7 @@ class Installer:
         if self.watched.symlink_name:
             wanted.append((self.store / self.watched.symlink_name, through_current))
         if self.options.link is not None:
-            self.options.link.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.options.link.parent)
             wanted.append((self.options.link, str(self.current_link)))
         for link, target in wanted:
             if not (link.is_symlink() and os.readlink(link) == target):
@@ -351,10 +371,13 @@ class Installer:
                 raise ConfigError(f"cannot read the PFX password file {pfx.password_file}: "
                                   f"{getattr(exc, 'strerror', None) or type(exc).__name__}",
                                   reason="PasswordUnreadable") from None
-            return (text.splitlines() or [""])[0].encode()
+            password = (text.splitlines() or [""])[0]
+            if not password:  # an empty password would write the key unencrypted, silently
+                raise ConfigError(f"the PFX password file {pfx.password_file} is empty", reason="PasswordUnreadable")
+            return password.encode()
         if pfx.password_env is not None:
-            if pfx.password_env not in self._environ:
-                raise ConfigError(f"the PFX password variable {pfx.password_env} is not set",
+            if not self._environ.get(pfx.password_env):
+                raise ConfigError(f"the PFX password variable {pfx.password_env} is not set or empty",
                                   reason="PasswordUnreadable")
             return self._environ[pfx.password_env].encode()
         return b""

@@ -168,8 +168,16 @@ def decode_secret(value: str | bytes, content_type: str | None, *, version: str 
     if leaf.not_valid_after_utc <= now:
         raise SecretRefused(f"the certificate {leaf.subject.rfc4514_string()} (SHA-1 {sha1_thumbprint(leaf)}) "
                             f"expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC", reason="LeafExpired")
+    if leaf.not_valid_before_utc > now + _NOT_YET_VALID_SKEW:
+        # A server would serve a certificate its clients refuse; the poller installs it once valid.
+        raise SecretRefused(f"the certificate {leaf.subject.rfc4514_string()} (SHA-1 {sha1_thumbprint(leaf)}) "
+                            f"is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
+                            reason="LeafNotYetValid")
     chain, unlinked = _issuers_of(leaf, certs)
     return Material(key=key, leaf=leaf, chain=chain, unlinked=unlinked, content_type=kind, version=version)
+
+
+_NOT_YET_VALID_SKEW = dt.timedelta(minutes=5)  # clocks differ a little; CAs backdate by about this much
 
 
 def _from_pfx(text: str) -> tuple[PrivateKeyTypes | None, list[x509.Certificate]]:

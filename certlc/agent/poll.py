@@ -98,6 +98,9 @@ class Outcome:
     UNREACHABLE = "VaultUnreachable"
     WAITING = "BackingOff"  # not asked this pass: its vault is backing off
     ROLLED_BACK = "RolledBack"  # installed, but reload/verify failed: the previous version is back
+    # Installed, reload/verify failed and there was nothing to roll back to: it stays, and reload
+    # and verify are tried again later (not reported as Unchanged meanwhile).
+    DEPLOY_FAILED = "DeployFailed"
 
 
 @dataclass
@@ -126,9 +129,16 @@ class _VaultState:
 @dataclass
 class _CertState:
     refused_version: str | None = None
-    failed_version: str | None = None  # rolled back after install; retried at retry_at
+    refused_alert: str | None = None
+    failed_version: str | None = None  # reload/verify failed after install; retried at retry_at
+    failed_alert: str | None = None
     deploy_failures: int = 0
     retry_at: float = 0.0
+
+
+def _capped_backoff(base: float, failures: int, cap: float) -> float:
+    """``base`` doubled per failure after the first, never above ``cap`` (and never overflowing)."""
+    return min(cap, base * 2 ** min(failures - 1, 60))
 
 
 def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
@@ -205,7 +215,13 @@ class Poller:
                 report.outcomes[watched.key] = Outcome.WAITING
                 continue
             report.requests += 1
-            report.outcomes[watched.key] = self._poll_one(watched, vault, report)
+            try:
+                report.outcomes[watched.key] = self._poll_one(watched, vault, report)
+            except Exception as exc:  # one certificate's surprise must not stop the others, or the loop
+                message = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.error("%s: unexpected failure, keeping the installed files: %s", watched.key, message)
+                report.alerts[watched.key] = f"unexpected failure: {message}"
+                report.outcomes[watched.key] = Outcome.FAILED
         if self._after_pass is not None:
             try:
                 self._after_pass(self._installers, report)
@@ -234,22 +250,34 @@ class Poller:
         vault.failures, vault.not_before = 0, 0.0
         installer = self._installers[watched.key]
         state = self._certs[watched.key]
-        if latest.version == installer.current_version():
+        current = installer.current_version()
+        if latest.version == state.failed_version:
+            if self._clock() < state.retry_at:
+                log.debug("%s: version %s failed after install; next attempt in %.0f s", watched.key,
+                          latest.version, state.retry_at - self._clock())
+                if state.failed_alert:
+                    report.alerts[watched.key] = state.failed_alert
+                return Outcome.DEPLOY_FAILED if current == latest.version else Outcome.ROLLED_BACK
+            # Due again: install (again) and deploy, even when it is the version on disk.
+        elif latest.version == current:
             log.debug("%s: version %s is installed; nothing to do", watched.key, latest.version)
             return Outcome.UNCHANGED
-        if latest.version == state.failed_version and self._clock() < state.retry_at:
-            log.debug("%s: version %s was rolled back; next attempt in %.0f s", watched.key, latest.version,
-                      state.retry_at - self._clock())
-            return Outcome.ROLLED_BACK
         if latest.version == state.refused_version:
             log.debug("%s: version %s was refused before; still keeping the installed files",
                       watched.key, latest.version)
+            if state.refused_alert:
+                report.alerts[watched.key] = state.refused_alert
             return Outcome.REFUSED
         try:
             material = decode_secret(latest.value, latest.content_type, version=latest.version)
         except SecretRefused as exc:
-            state.refused_version = latest.version
-            report.alerts[watched.key] = f"version {latest.version} refused ({exc.reason}: {exc.message})"
+            alert = f"version {latest.version} refused ({exc.reason}: {exc.message})"
+            report.alerts[watched.key] = alert
+            if exc.reason == "LeafNotYetValid":  # becomes installable by itself: look again next pass
+                log.warning("%s: not installing version %s yet (%s); keeping the installed version %s",
+                            watched.key, latest.version, exc.message, installer.current_version() or "(none)")
+                return Outcome.REFUSED
+            state.refused_version, state.refused_alert = latest.version, alert
             log.error("%s: refusing version %s (%s: %s); keeping the installed version %s",
                       watched.key, latest.version, exc.reason, exc.message, installer.current_version() or "(none)")
             return Outcome.REFUSED
@@ -260,7 +288,7 @@ class Poller:
             log.error("%s: cannot install version %s: %s; the installed version %s stays",
                       watched.key, latest.version, exc.message, installer.current_version() or "(none)")
             return Outcome.FAILED
-        state.refused_version = None
+        state.refused_version = state.refused_alert = None
         report.installed[watched.key] = result
         report.leaves[watched.key] = (latest.version, material.sha1, material.not_after)
         if material.unlinked:
@@ -273,19 +301,21 @@ class Poller:
             self._on_installed(watched, installer, result, material)
         deployed = self._deploy(watched, installer, result, material) if self._deploy is not None else None
         if deployed is not None and not deployed.ok:
-            report.alerts[watched.key] = (f"version {latest.version} {getattr(deployed, 'status', 'failed')}: "
-                                          f"{getattr(deployed, 'message', '')}").rstrip(": ")
-            state.failed_version = latest.version
+            stays = installer.current_version() == latest.version
+            alert = (f"version {latest.version} {'failed, nothing to roll back to' if stays else 'rolled back'}: "
+                     f"{getattr(deployed, 'message', '')}").rstrip(": ")
+            report.alerts[watched.key] = alert
+            state.failed_version, state.failed_alert = latest.version, alert
             state.deploy_failures += 1
-            delay = min(self.max_backoff, self.settings.polling_interval * 2 ** (state.deploy_failures - 1))
+            delay = _capped_backoff(self.settings.polling_interval, state.deploy_failures, self.max_backoff)
             state.retry_at = self._clock() + delay
-            return Outcome.ROLLED_BACK
-        state.failed_version, state.deploy_failures = None, 0
+            return Outcome.DEPLOY_FAILED if stays else Outcome.ROLLED_BACK
+        state.failed_version, state.failed_alert, state.deploy_failures = None, None, 0
         return Outcome.INSTALLED
 
     def _back_off(self, vault: _VaultState, retry_after: float | None) -> float:
         vault.failures += 1
-        delay = min(self.max_backoff, BASE_BACKOFF * 2 ** (vault.failures - 1))
+        delay = _capped_backoff(BASE_BACKOFF, vault.failures, self.max_backoff)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_backoff))
         vault.not_before = self._clock() + delay
@@ -345,6 +375,12 @@ def sdk_secret_getter(settings: AgentSettings) -> SecretGetter:
         except ResourceNotFoundError:
             raise SecretNotFound(f"secret {name} not found in {vault_url}") from None
         except ClientAuthenticationError as exc:
+            if getattr(exc, "status_code", None) is None:
+                # No token at all: no managed identity endpoint, or a credential that failed;
+                # DefaultAzureCredential's first line names each source it tried.
+                raise VaultUnavailable(f"no access token for the agent's identity ({type(exc).__name__}: "
+                                       f"{_first_line(exc)}); on a VM its managed identity must be enabled "
+                                       "(authenticationSettings.msiClientId names a user-assigned one)") from None
             raise VaultUnavailable(f"not authorised ({_status(exc)}): the agent's identity needs Key Vault "
                                    "Secrets User (get) on this secret") from None
         except HttpResponseError as exc:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,14 @@ from certlc.agent.settings import AgentSettings, ReportOptions, Watched
 from certlc.errors import CertlcError
 from certlc.x509 import load_certificates, sha1_thumbprint
 
-__all__ = ["SCHEMA", "Reporter", "build_report", "post_report", "read_report", "report_key", "write_report"]
+__all__ = ["MAX_ALERT", "SCHEMA", "Reporter", "build_report", "post_report", "read_report", "report_key", "write_report"]
 
 log = logging.getLogger("certlc.agent")
 
 SCHEMA = "certlc.rollout/1"
+MAX_ALERT = 2000  # characters; what the webhook's /api/rollout keeps
 # Results whose alert stays until something new happens (the poller did not re-evaluate them).
-_STICKY = {"Refused", "RolledBack", "BackingOff"}
+_STICKY = {"Refused", "RolledBack", "DeployFailed", "BackingOff"}
 
 
 def _iso(when: dt.datetime | None) -> str | None:
@@ -101,6 +103,8 @@ def _entry(watched: Watched, installer: Any, pass_report: Any, previous: Mapping
             installed_at = _installed_at_from_files(installer, version)
     if alert is None and previous is not None and outcome in _STICKY:
         alert = previous.get("alert")
+    if alert is not None and len(alert) > MAX_ALERT:  # the receiver refuses longer ones, and a line is enough
+        alert = alert[:MAX_ALERT - 1] + "…"
     store = watched.windows_store.path if watched.windows_store is not None else str(watched.store)
     return {
         "key": watched.key,
@@ -171,9 +175,24 @@ def report_key(options: ReportOptions, environ: Mapping[str, str] | None = None)
     return None
 
 
+def _tls_context(bundle: Path | None) -> ssl.SSLContext | bool:
+    """The public roots (certifi, as httpx uses) plus ``bundle``, for a webhook behind a private CA."""
+    if bundle is None:
+        return True
+    import certifi
+
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.load_verify_locations(cafile=str(bundle))
+    return context
+
+
 def post_report(options: ReportOptions, report: Mapping[str, Any], *, environ: Mapping[str, str] | None = None,
-                transport: httpx.BaseTransport | None = None) -> bool:
-    """POST ``report`` to ``options.url``; True on a 2xx answer. Every failure is a warning, never raised."""
+                transport: httpx.BaseTransport | None = None, ca_bundle: Path | None = None) -> bool:
+    """POST ``report`` to ``options.url``; True on a 2xx answer. Every failure is a warning, never raised.
+
+    The server's certificate is checked against the public roots plus ``options.ca_bundle``
+    (else ``ca_bundle``, the vault's: an estate with a private CA serves both from it).
+    """
     if options.url is None:
         return False
     try:
@@ -185,7 +204,13 @@ def post_report(options: ReportOptions, report: Mapping[str, Any], *, environ: M
     if key is not None:
         headers[options.header] = f"Bearer {key}" if options.header.lower() == "authorization" else key
     try:
-        with httpx.Client(transport=transport, timeout=options.timeout, follow_redirects=False) as client:
+        verify = _tls_context(options.ca_bundle or ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        log.warning("rollout report not sent to %s: cannot read the CA bundle: %s", options.url, exc)
+        return False
+    try:
+        with httpx.Client(transport=transport, timeout=options.timeout, follow_redirects=False,
+                          verify=verify) as client:
             response = client.post(options.url, json=report, headers=headers)
     except httpx.HTTPError as exc:
         log.warning("rollout report not sent to %s: %s: %s", options.url, type(exc).__name__, str(exc)[:200])
@@ -216,5 +241,6 @@ class Reporter:
             write_report(self.path, report)
         except OSError as exc:
             log.warning("cannot write the rollout report %s: %s", self.path, exc.strerror or exc)
-        post_report(self.settings.certlc.report, report, environ=self._environ, transport=self._transport)
+        post_report(self.settings.certlc.report, report, environ=self._environ, transport=self._transport,
+                    ca_bundle=self.settings.certlc.ca_bundle)
         return report

@@ -30,8 +30,10 @@ observed certificate), so the extension's own part stays exactly what the extens
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import shlex
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -96,6 +98,9 @@ def _mode(value: Any) -> int:
         raise ValueError("a file mode is an octal string such as '0640'")
     if isinstance(value, int):
         mode = value
+        if mode > 0o777 and all(ch in "01234567" for ch in str(value)):
+            raise ValueError(f"{value} reads as the decimal number {value}; give the mode as a string, "
+                             f"\"0{value}\"")
     elif isinstance(value, str):
         text = value.strip().lower().removeprefix("0o")
         if not text or any(ch not in "01234567" for ch in text):
@@ -119,6 +124,9 @@ def parse_secret_url(url: str) -> tuple[str, str]:
     segments = [s for s in parts.path.split("/") if s]
     if parts.scheme != "https" or not parts.netloc:
         raise ValueError(f"{url!r} is not an https Key Vault secret URL (https://<vault>/secrets/<name>)")
+    if parts.username is not None or parts.password is not None:
+        # It would be logged and reported; Key Vault takes no credentials in the URL anyway.
+        raise ValueError(f"https://{parts.hostname}{parts.path}: a secret URL holds no user name or password")
     if segments[:1] == ["certificates"]:
         raise ValueError(f"{url!r} is a certificate URL; observe the secret instead "
                          f"(https://{parts.netloc}/secrets/{segments[1] if len(segments) > 1 else '<name>'}): "
@@ -148,6 +156,19 @@ class PfxOptions(_Model):
         return self
 
 
+def _host_name(host: str, shown: str) -> None:
+    """An IP address or a DNS name the TLS connection can use (IDNA-encodable)."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"{shown!r}: {host!r} is not a host name or IP address") from None
+
+
 class VerifyTarget(_Model):
     """Where the installed certificate must be served: ``host:port``, with an optional SNI name."""
 
@@ -160,8 +181,16 @@ class VerifyTarget(_Model):
     def _host_port(cls, value: str) -> str:
         host, _, port = value.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:443)")
+        _host_name(host, value)
+        return value
+
+    @field_validator("server_name")
+    @classmethod
+    def _sni(cls, value: str | None) -> str | None:
+        if value is not None:
+            _host_name(value, value)
         return value
 
     @property
@@ -266,10 +295,31 @@ class CertificateOptions(_Model):
             raise ValueError("the reload command is empty")
         return value
 
+    @field_validator("owner", "group")
+    @classmethod
+    def _id_range(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, int) and not 0 <= value < 2**32 - 1:
+            raise ValueError(f"{value} is not a user or group id (0 to 4294967294)")
+        if isinstance(value, str) and not _ACCOUNT.fullmatch(value):
+            raise ValueError(f"{value[:40]!r} is not a user or group name")
+        return value
+
     @model_validator(mode="after")
     def _modes(self) -> CertificateOptions:
         if self.mode & 0o007:
             raise ValueError(f"mode {self.mode:04o} lets others read or write the private key; use e.g. 0600 or 0640")
+        if not self.mode & 0o400:
+            raise ValueError(f"mode {self.mode:04o} lets not even the owner read the key; use e.g. 0600 or 0640")
+        if self.public_mode & 0o022:
+            raise ValueError(f"public_mode {self.public_mode:04o} lets others change the certificate files; "
+                             "use e.g. 0644")
+        if isinstance(self.reload, str) and not self.reload_shell:
+            try:
+                if not shlex.split(self.reload):
+                    raise ValueError("the reload command is empty")
+            except ValueError as exc:
+                raise ValueError(f"reload {self.reload[:80]!r} cannot be split into arguments ({exc}); "
+                                 "give it as a list, or set reload_shell") from None
         if self.reload_shell and not isinstance(self.reload, str):
             raise ValueError("reload_shell needs the reload command as one string")
         return self
@@ -317,7 +367,7 @@ class SecretsManagementSettings(_Model):
             raise ValueError("pollingIntervalInS is a number of seconds, e.g. \"3600\"")
         if isinstance(value, str):
             text = value.strip()
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):
                 raise ValueError(f"pollingIntervalInS {value!r} is not a whole number of seconds")
             return int(text)
         return value
@@ -351,6 +401,8 @@ class ReportOptions(_Model):
                                     "header (e.g. X-Certlc-Key) the key itself.")
     timeout: float = Field(default=10, gt=0, le=120, description="Seconds for the POST.")
     host: str | None = Field(default=None, description="The host name reported; default: this host's name.")
+    ca_bundle: Path | None = Field(
+        default=None, description="Extra PEM bundle trusted for the report URL's TLS; default certlc.ca_bundle.")
 
     @field_validator("url")
     @classmethod
@@ -386,7 +438,8 @@ class AgentOptions(_Model):
     ca_bundle: Path | None = Field(default=None, description="Extra PEM bundle trusted for the vault's TLS.")
     verify_challenge_resource: bool | None = Field(
         default=None, description="Key Vault challenge-resource check; default on except for loopback vaults.")
-    max_backoff: int = Field(default=3600, gt=0, description="Longest wait in seconds after failures (vault down).")
+    max_backoff: int = Field(default=3600, gt=0, le=7 * 86400,
+                             description="Longest wait in seconds after failures (vault down).")
     state_dir: Path | None = Field(
         default=None, description="The agent's own state (rollout report, Windows store versions); default "
                                   "/var/lib/certlc-agent, C:\\ProgramData\\certlc\\agent on Windows.")
@@ -456,7 +509,7 @@ class AgentSettings(_Model):
         sms = self.secrets_management
         resolved: list[Watched] = []
         seen_urls: dict[tuple[str, str], int] = {}
-        seen_files: dict[tuple[Path, str], int] = {}
+        seen_files: dict[Path, int] = {}
         for index, obs in enumerate(sms.observed_certificates):
             where = f"secretsManagementSettings.observedCertificates.{index}"
             vault_url, name = parse_secret_url(obs.url)
@@ -487,17 +540,25 @@ class AgentSettings(_Model):
                                  "(Windows store locations such as LocalMachine are not supported on this platform)")
             host = urlsplit(vault_url).netloc.split(".")[0].split(":")[0]
             stem = options.name or f"{host}.{name}"
-            key = (vault_url, name)
+            key = (vault_url.lower(), name.lower())  # Key Vault names are case-insensitive
             if key in seen_urls:
                 raise ValueError(f"{where}.url: {obs.url} is observed twice (also entry {seen_urls[key]})")
             seen_urls[key] = index
-            for file_name in (stem, obs.custom_symbolic_link_name):
-                if file_name is None:
-                    continue
-                if (store, file_name) in seen_files:
-                    raise ValueError(f"{where}: file name {file_name!r} in {store} is also used by entry "
-                                     f"{seen_files[(store, file_name)]}; set certlc.name")
-                seen_files[(store, file_name)] = index
+            # Every name this entry makes in its store, and the links it makes anywhere: no two
+            # entries may share one, and no link may stand where the entry's own files go.
+            own = {store / stem, store / f"{stem}.current", store / f"{stem}.versions"}
+            links = [store / obs.custom_symbolic_link_name] if obs.custom_symbolic_link_name else []
+            if options.link is not None:
+                links.append(options.link)
+            for path in [*sorted(own), *links]:
+                if path in seen_files:
+                    raise ValueError(f"{where}: {path} is also used by entry {seen_files[path]}; set certlc.name "
+                                     "or another link name")
+            for link in links:
+                if link in own or link == store:
+                    raise ValueError(f"{where}: the link {link} would replace this certificate's own files; "
+                                     "choose another name")
+            seen_files.update(dict.fromkeys([*own, *links], index))
             resolved.append(Watched(url=obs.url, vault_url=vault_url, secret_name=name, store=store, stem=stem,
                                     symlink_name=obs.custom_symbolic_link_name, options=options,
                                     windows_store=windows_store))
@@ -565,6 +626,9 @@ def parse_agent_settings(data: Mapping[str, Any], *, source: str = "agent settin
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a JSON object with secretsManagementSettings", reason="ConfigInvalid")
     data = _unwrap(data)
+    nul = _nul_path(data)
+    if nul is not None:
+        raise ConfigError(f"{source}: {nul}: a NUL character cannot be in a name or path", reason="ConfigInvalid")
     if "secretsManagementSettings" not in data:
         raise ConfigError(f"{source}: secretsManagementSettings is missing (the Key Vault VM extension's "
                           "settings object)", reason="ConfigInvalid")
@@ -575,15 +639,43 @@ def parse_agent_settings(data: Mapping[str, Any], *, source: str = "agent settin
         raise ConfigError(f"{source}: {_first_error(exc)}{more}", reason="ConfigInvalid") from None
     if base is not None:
         _anchor(settings, base)
+    bundle = settings.certlc.ca_bundle
+    if bundle is not None and not bundle.is_file():
+        raise ConfigError(f"{source}: certlc.ca_bundle: {bundle} is not a readable file", reason="ConfigInvalid")
     return settings
 
 
+def _nul_path(value: Any, where: str = "") -> str | None:
+    """The dotted path of the first string holding a NUL (which no file name can), or None."""
+    if isinstance(value, str):
+        return where or "value" if "\x00" in value else None
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _nul_path(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def _anchor(settings: AgentSettings, base: Path) -> None:
+    # Relative paths are relative to the settings file, never to the working directory (a
+    # service's is / or a read-only checkout).
     if settings.certlc.ca_bundle is not None and not settings.certlc.ca_bundle.is_absolute():
         settings.certlc.ca_bundle = (base / settings.certlc.ca_bundle).resolve()
+    if settings.certlc.state_dir is not None and not settings.certlc.state_dir.is_absolute():
+        settings.certlc.state_dir = (base / settings.certlc.state_dir).resolve()
     report = settings.certlc.report
     if report.key_file is not None and not report.key_file.is_absolute():
         report.key_file = (base / report.key_file).resolve()
+    if report.path is not None and not report.path.is_absolute():
+        report.path = (base / report.path).resolve()
+    if report.ca_bundle is not None and not report.ca_bundle.is_absolute():
+        report.ca_bundle = (base / report.ca_bundle).resolve()
     anchored = []
     for watched in settings.watched:
         pfx = watched.options.pfx

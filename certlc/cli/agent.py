@@ -55,13 +55,13 @@ def agent(
     log = logging.getLogger("certlc.agent")
     if once:
         report = poller.poll_once()
-        for key, outcome in report.outcomes.items():
-            installed = report.installed.get(key)
-            detail = f" version {installed.version}" if installed else ""
-            print(f"{key}: {outcome}{detail}")
+        for watched in settings.watched:
+            outcome = report.outcomes.get(watched.key, "")
+            print(f"{watched.key}: {outcome}{_detail(outcome, poller.installer(watched).current_version())}")
         missing = [w.key for w in settings.watched if poller.installer(w).current_version() is None]
-        if missing and settings.secrets_management.require_initial_sync:
-            log.error("requireInitialSync: not installed yet: %s", ", ".join(missing))
+        if missing:
+            log.error("%snot installed: %s", "requireInitialSync: " if settings.secrets_management.require_initial_sync
+                      else "", ", ".join(missing))
         raise SystemExit(0 if report.ok and not missing else 1)
 
     stop = threading.Event()
@@ -74,6 +74,17 @@ def agent(
     signal.signal(signal.SIGINT, _stop)
     log.info("watching %d certificate(s), polling every %d s", len(settings.watched), settings.polling_interval)
     poller.run(stop)
+
+
+def _detail(outcome: str, current: str | None) -> str:
+    """What follows the outcome on a --once line: the version now in place (never the one that failed)."""
+    from certlc.agent.poll import Outcome
+
+    if current is None:
+        return ""
+    if outcome in (Outcome.INSTALLED, Outcome.UNCHANGED):
+        return f" version {current}"
+    return f" (version {current} is in place)"
 
 
 def _setup_logging(verbose: bool) -> None:

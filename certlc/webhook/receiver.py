@@ -58,6 +58,7 @@ __all__ = ["AcceptedEvent", "EventSink", "create_app"]
 
 log = logging.getLogger("certlc.webhook")
 
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)  # how far ahead of ours an agent's clock may be
 JSON_TYPES = ("application/json", "application/cloudevents+json", "application/cloudevents-batch+json")
 
 
@@ -231,6 +232,11 @@ def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert
             report = parse_report(body)
         except InvalidInput as exc:
             return _error(400, exc.reason, exc.message)
+        ahead = report.generated_at - dt.datetime.now(dt.UTC)
+        if ahead > MAX_CLOCK_SKEW:
+            # A report "from the future" would win over every real one until then (newest wins).
+            return _error(400, "RolloutInvalid", f"generated_at {report.generated_at.isoformat()} is "
+                          f"{int(ahead.total_seconds())} s ahead of this server's clock; check the host's time")
         try:
             previous = await run_in_threadpool(store.get, report.host)
             kept = await run_in_threadpool(store.save, report)

@@ -73,12 +73,13 @@ class TestCA:
         return builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
 
     def issue(self, cn: str = "web.contoso.com", *, key: str = "EC", days: float = 90,
-              not_after: dt.datetime | None = None) -> Issued:
+              not_after: dt.datetime | None = None, not_before: dt.datetime | None = None) -> Issued:
         private: PrivateKeyTypes = (rsa.generate_private_key(65537, 2048) if key == "RSA"
                                     else ec.generate_private_key(ec.SECP256R1()))
         end = not_after or NOW + dt.timedelta(days=days)
         leaf = self._cert(_name(cn), self.issuing.subject, private.public_key(), self.issuing_key, ca=False,
-                          issuer_cert=self.issuing, not_before=min(NOW, end) - dt.timedelta(days=1),
+                          issuer_cert=self.issuing,
+                          not_before=not_before or min(NOW, end) - dt.timedelta(days=1),
                           not_after=end, dns=[cn])
         return Issued(private, leaf, [self.issuing, self.root])
 

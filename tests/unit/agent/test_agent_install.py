@@ -134,8 +134,11 @@ def test_a_failed_chown_is_a_warning_not_a_failure(tmp_path: Path, test_ca: Any,
     seen: list[str] = []
     w = watched(tmp_path, outputs=["key", "cert"], owner=12345, group=12345, mode="0640")
     result = Installer(w, on_warning=seen.append).install(material(test_ca), "v1")
-    assert mode_of(result.files["key"]) == 0o640  # the mode is still applied
+    # The mode is still applied, but without the group bits on the key: the group it was meant for
+    # did not get the file, and the agent's own group must not read the key instead.
+    assert mode_of(result.files["key"]) == 0o600 and mode_of(result.files["cert"]) == 0o644
     assert len(result.warnings) == 2 and all("Operation not permitted" in w for w in result.warnings)
+    assert "group access to the key withheld" in result.warnings[0]
     assert seen == result.warnings
 
 

@@ -116,7 +116,7 @@ def test_a_rollback_or_a_refusal_is_the_alert_and_stays_until_something_new_happ
     poller.poll_once()
     web, api, _ = read_report(settings.certlc.report_path)["certificates"]
     assert web["installed_version"] == "v1" and web["last_result"] == "RolledBack"
-    assert web["alert"] == "version v2 RolledBack: reload command `nginx -s reload` exited with 1"
+    assert web["alert"] == "version v2 rolled back: reload command `nginx -s reload` exited with 1"
     assert api["installed_version"] == "v1" and api["last_result"] == "Refused"
     assert api["alert"].startswith("version v2 refused (MalformedSecret")
     poller.poll_once()  # the poller does not look at these versions again: the alerts stay

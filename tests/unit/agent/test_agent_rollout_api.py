@@ -140,8 +140,15 @@ def test_without_a_rollout_key_reports_are_refused(tmp_path: Path) -> None:
     ({**report(), "generated_at": "2026-12-03T12:00:00"}, 400, "time zone"),
     ({**report(), "certificates": "all"}, 400, "certificates"),
     ({**report(), "polling_interval": 0}, 400, "polling_interval"),
+    (b'{"schema": "certlc.rollout/1", "requests": ' + b"9" * 5000 + b"}", 400, "not JSON"),
+    (b'{"x": ' + b"[" * 20000 + b"]" * 20000 + b"}", 400, "nested too deeply"),
+    ({**report(), "requests": True}, 400, "requests"),
+    ({**report(), "generated_at": 1764763200}, 400, "ISO 8601"),
+    (report(files=[".."]), 400, "files"),
+    ({**report(), "generated_at": "9999-12-31T23:59:59Z"}, 400, "ahead of this server's clock"),
 ], ids=["not-json", "array", "schema", "host-traversal", "host-slash", "thumbprint", "vault-http", "name",
-        "version", "files", "naive-time", "certificates-type", "interval"])
+        "version", "files", "naive-time", "certificates-type", "interval", "huge-number", "deep-nesting",
+        "bool-count", "number-time", "dot-dot-file", "future"])
 def test_a_bad_report_is_refused_naming_the_field_and_nothing_is_stored(
         tmp_path: Path, body: Any, status: int, named: str) -> None:
     client, store = webhook(tmp_path)
@@ -149,6 +156,17 @@ def test_a_bad_report_is_refused_naming_the_field_and_nothing_is_stored(
     assert response.status_code == status, response.text
     assert named in response.json()["error"]["message"]
     assert not store.exists() or not list(store.iterdir())
+
+
+def test_the_longest_host_names_are_stored(tmp_path: Path) -> None:
+    client, store = webhook(tmp_path)
+    long_host = ".".join(["a" * 62] * 4) + ".b"  # 253 characters
+    response = post(client, report(host=long_host, store="/etc/ssl\n\x1b[31mforged"))
+    assert response.status_code == 200, response.text
+    [host] = read(client)["hosts"]
+    assert host["host"] == long_host
+    assert all(len(p.name) < 200 for p in store.iterdir())
+    assert "\x1b" not in (next(store.iterdir())).read_text()
 
 
 def test_size_and_content_type_limits(tmp_path: Path) -> None:

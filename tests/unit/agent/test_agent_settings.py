@@ -196,13 +196,53 @@ def test_the_first_acls_entry_owns_the_files_and_the_others_read_them_through_an
     assert [q for r in w.options.readers for q in r.acl_entries()] == ["u:nginx", "g:postfix", "u:haproxy", "g:ssl-cert"]
 
 
+URL = "https://v.vault.azure.net/secrets/web"
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ({"url": URL, "certlc": {"reload": "echo 'unterminated"}}, "cannot be split into arguments"),
+    ({"url": URL, "certlc": {"verify": "a..b:443"}}, "'a..b' is not a host name or IP address"),
+    ({"url": URL, "certlc": {"verify": {"address": "127.0.0.1:443", "server_name": "bad..name"}}},
+     "is not a host name"),
+    ({"url": URL, "certlc": {"verify": "host:٤٤٣"}}, "is not host:port"),
+    ({"url": URL, "certlc": {"owner": -5}}, "-5 is not a user or group id"),
+    ({"url": URL, "certlc": {"group": 2**40}}, "is not a user or group id"),
+    ({"url": URL, "certlc": {"owner": "www-data,u:evil"}}, "is not a user or group name"),
+    ({"url": URL, "certlc": {"mode": "0000"}}, "not even the owner"),
+    ({"url": URL, "certlc": {"public_mode": "0777"}}, "lets others change"),
+    ({"url": URL, "certlc": {"mode": 640}}, "give the mode as a string, \"0640\""),
+    ({"url": URL, "certlc": {"name": "web\u0000x"}}, "certlc.name: a NUL character"),
+    ({"url": "https://user:pw@v.vault.azure.net/secrets/web"}, "holds no user name or password"),
+    ({"url": URL, "customSymbolicLinkName": "v.web.current"}, "would replace this certificate's own files"),
+    ({"url": URL, "customSymbolicLinkName": "v.web.versions"}, "would replace this certificate's own files"),
+], ids=["reload-quote", "verify-idna", "sni-idna", "verify-port-digits", "negative-uid", "huge-gid",
+        "owner-injection", "mode-0000", "public-0777", "decimal-mode", "nul", "url-userinfo", "link-on-current",
+        "link-on-versions"])
+def test_values_that_would_fail_later_are_refused_when_the_settings_are_read(entry: Any, expected: str) -> None:
+    message = error_of(settings(observedCertificates=[entry]))
+    assert expected in message, message
+    assert "pw" not in message.replace("pwd", "")  # a password in a URL is not repeated
+
+
+def test_entries_may_not_take_each_others_files_or_differ_only_in_case() -> None:
+    other = "https://v.vault.azure.net/secrets/api"
+    assert "is also used by entry 0" in error_of(settings(observedCertificates=[
+        URL, {"url": other, "customSymbolicLinkName": "v.web.current"}]))
+    assert "is also used by entry 0" in error_of(settings(observedCertificates=[
+        {"url": URL, "certlc": {"link": "/etc/ssl/web"}}, {"url": other, "certlc": {"link": "/etc/ssl/web"}}]))
+    assert "observed twice" in error_of(settings(observedCertificates=[
+        URL, "https://V.VAULT.azure.net/secrets/WEB"]))
+    assert "pollingIntervalInS" in error_of(settings(pollingIntervalInS="٦٠", observedCertificates=[URL]))
+    assert "max_backoff" in error_of({**settings(observedCertificates=[URL]), "certlc": {"max_backoff": 10**400}})
+
+
 def test_two_vaults_with_the_same_secret_name_need_distinct_file_names() -> None:
     data = settings(observedCertificates=["https://a.vault.azure.net/secrets/web", "https://b.vault.azure.net/secrets/web"])
     assert [w.stem for w in parse_agent_settings(data).watched] == ["a.web", "b.web"]
     clash = settings(observedCertificates=[
         "https://a.vault.azure.net/secrets/web",
         {"url": "https://b.vault.azure.net/secrets/api", "certlc": {"name": "a.web"}}])
-    assert "file name 'a.web'" in error_of(clash)
+    assert "a.web is also used by entry 0" in error_of(clash)
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -231,11 +271,19 @@ observedCertificates = [
 
 [certlc]
 ca_bundle = "vault-ca.pem"
+state_dir = "state"
+report = { path = "out/rollout.json" }
 """, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"certlc.ca_bundle: .*vault-ca.pem is not a readable file"):
+        load_agent_settings(toml_file)
+    (tmp_path / "vault-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     agent = load_agent_settings(toml_file)
     assert agent.polling_interval == 300
     assert agent.certlc.ca_bundle == tmp_path / "vault-ca.pem"
     assert agent.watched[1].options.pfx.password_file == tmp_path / "pw.txt"
+    # The state and the report go beside the settings file, not into the working directory.
+    assert agent.certlc.resolved_state_dir == tmp_path / "state"
+    assert agent.certlc.report_path == tmp_path / "out" / "rollout.json"
 
 
 @pytest.mark.parametrize(("name", "text", "expected"), [
