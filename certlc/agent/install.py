@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import grp
+import hashlib
 import json
 import logging
 import os
@@ -67,6 +68,7 @@ FILE_NAMES = {"pem": "combined.pem", "cert": "cert.pem", "key": "key.pem", "chai
 _TEMP_MARK = ".certlc-tmp-"
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _HISTORY = ".history"
+_LAYOUT = ".layout"  # the settings the current files were written with (see Installer.layout_matches)
 
 
 class InstallFailed(CertlcError):
@@ -284,6 +286,20 @@ class Installer:
             versions = []
         return versions
 
+    def layout(self) -> str:
+        """A digest of the settings that shape the files on disk: when it changes, the current
+        version is written again (new outputs, modes, owners, readers, links, reload, verify)."""
+        shaping = self.options.model_dump(mode="json", exclude={"keep_versions", "reload_timeout"})
+        shaping["symlink"] = self.watched.symlink_name
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()
+
+    def layout_matches(self) -> bool:
+        """Whether the installed files were written with today's settings (True before any install)."""
+        try:
+            return (self.versions_dir / _LAYOUT).read_text(encoding="utf-8").strip() == self.layout()
+        except OSError:
+            return True  # nothing installed yet, or installed before layouts were recorded: as they are
+
     def _write_history(self, versions: list[str]) -> None:
         body = json.dumps({"versions": versions}, indent=1).encode()
         write_atomic(self.versions_dir / _HISTORY, body, mode=0o644)
@@ -336,6 +352,7 @@ class Installer:
             history = [v for v in self.history() if v != version] + [version]
             self._write_history(history)
             replace_symlink(self.current_link, f"{self.versions_dir.name}/{version}")
+            write_atomic(self.versions_dir / _LAYOUT, self.layout().encode() + b"\n", mode=0o644)
         except OSError as exc:
             raise InstallFailed(f"cannot install {self.watched.key} version {version} in {self.store}: "
                                 f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""),

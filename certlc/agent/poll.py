@@ -251,6 +251,7 @@ class Poller:
         installer = self._installers[watched.key]
         state = self._certs[watched.key]
         current = installer.current_version()
+        relayout = False
         if latest.version == state.failed_version:
             if self._clock() < state.retry_at:
                 log.debug("%s: version %s failed after install; next attempt in %.0f s", watched.key,
@@ -260,8 +261,12 @@ class Poller:
                 return Outcome.DEPLOY_FAILED if current == latest.version else Outcome.ROLLED_BACK
             # Due again: install (again) and deploy, even when it is the version on disk.
         elif latest.version == current:
-            log.debug("%s: version %s is installed; nothing to do", watched.key, latest.version)
-            return Outcome.UNCHANGED
+            if getattr(installer, "layout_matches", lambda: True)():
+                log.debug("%s: version %s is installed; nothing to do", watched.key, latest.version)
+                return Outcome.UNCHANGED
+            log.info("%s: the settings changed since version %s was written; writing it again",
+                     watched.key, latest.version)
+            relayout = True
         if latest.version == state.refused_version:
             log.debug("%s: version %s was refused before; still keeping the installed files",
                       watched.key, latest.version)
@@ -289,6 +294,9 @@ class Poller:
                       watched.key, latest.version, exc.message, installer.current_version() or "(none)")
             return Outcome.FAILED
         state.refused_version = state.refused_alert = None
+        if relayout:
+            # The same version in new files: a failed reload must not roll back to an older version.
+            result.previous = None
         report.installed[watched.key] = result
         report.leaves[watched.key] = (latest.version, material.sha1, material.not_after)
         if material.unlinked:

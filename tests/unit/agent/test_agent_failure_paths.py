@@ -219,3 +219,24 @@ def test_a_long_alert_is_shortened_to_what_the_webhook_keeps(tmp_path: Path, tes
     Poller(s, vault, deploy=deploy, after_pass=Reporter(s, host="web01")).poll_once()
     alert = read_report(s.certlc.report_path)["certificates"][0]["alert"]
     assert len(alert) == MAX_ALERT and alert.endswith("…")
+
+
+def test_changed_settings_apply_to_the_installed_version_on_the_next_pass(tmp_path: Path, test_ca: Any) -> None:
+    vault = Vault()
+    vault.put("v1", test_ca.issue())
+    first = Poller(settings(tmp_path), vault, after_pass=None)
+    assert first.poll_once().outcomes == {KEY: Outcome.INSTALLED}
+    assert Poller(settings(tmp_path), vault, after_pass=None).poll_once().outcomes == {KEY: Outcome.UNCHANGED}
+    # The operator adds outputs, a mode and a link: the agent (restarted) writes v1 again with them.
+    link = tmp_path / "etc" / "web"
+    changed = settings(tmp_path, outputs=["pem", "key", "fullchain"], mode="0640", link=str(link))
+    reloads: list[Any] = []
+
+    def deploy(watched: Any, installer: Any, result: Any, material: Any) -> DeployOutcome:
+        reloads.append((result.version, result.previous))
+        return DeployOutcome("Deployed", result.version)
+
+    report = Poller(changed, vault, deploy=deploy, after_pass=None).poll_once()
+    assert report.outcomes == {KEY: Outcome.INSTALLED} and reloads == [("v1", None)]
+    assert stat.S_IMODE((link / "key.pem").stat().st_mode) == 0o640 and (link / "fullchain.pem").is_file()
+    assert Poller(changed, vault, after_pass=None).poll_once().outcomes == {KEY: Outcome.UNCHANGED}
