@@ -266,6 +266,7 @@ class Installer:
         self.current_link = watched.store / f"{watched.stem}.current"
         self._environ = os.environ if environ is None else environ
         self._on_warning = on_warning
+        self._layout: str | None = None
 
     # --- state ---------------------------------------------------------------------------------
     def current_version(self) -> str | None:
@@ -289,9 +290,11 @@ class Installer:
     def layout(self) -> str:
         """A digest of the settings that shape the files on disk: when it changes, the current
         version is written again (new outputs, modes, owners, readers, links, reload, verify)."""
-        shaping = self.options.model_dump(mode="json", exclude={"keep_versions", "reload_timeout"})
-        shaping["symlink"] = self.watched.symlink_name
-        return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()
+        if self._layout is None:  # the settings do not change while the agent runs: once per process
+            shaping = self.options.model_dump(mode="json", exclude={"keep_versions", "reload_timeout"})
+            shaping["symlink"] = self.watched.symlink_name
+            self._layout = hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()
+        return self._layout
 
     def layout_matches(self) -> bool:
         """Whether the installed files were written with today's settings (True before any install)."""
