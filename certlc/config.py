@@ -201,6 +201,58 @@ class RenewalSettings(_Model):
     )
 
 
+class SmtpSettings(_Model):
+    """Where owner notifications are sent by e-mail."""
+
+    host: str = Field(description="SMTP server (the relay the organisation's mail goes through).")
+    port: int | None = Field(default=None, ge=1, le=65535,
+                             description="Default 587 with starttls, 465 with tls, 25 with none.")
+    security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls", description="starttls (upgrade on 587), tls (implicit TLS, 465) or none (loopback only).")
+    username: str | None = Field(default=None, description="Log in with this user (AUTH) after TLS.")
+    password_env: str | None = Field(default=None, description="Environment variable holding the password.")
+    password_file: Path | None = Field(default=None, description="File whose first line is the password.")
+    sender: str = Field(description="From: address, e.g. certlc@contoso.com.")
+    ca_bundle: Path | None = Field(default=None, description="PEM roots trusted for the server's certificate.")
+    timeout: float = Field(default=30, gt=0, le=300, description="Seconds to connect and for each command.")
+
+    @field_validator("sender")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value.count("@") != 1 or any(c.isspace() or c in ",;<>" for c in value) or "." not in value.split("@")[1]:
+            raise ValueError(f"{value!r} is not an e-mail address")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SmtpSettings:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        if (self.password_env or self.password_file) and not self.username:
+            raise ValueError("a password needs a username")
+        if self.security == "none" and not is_loopback_url(f"smtp://{self.host}"):
+            raise ValueError(f"security = \"none\" sends mail (and any password) in clear text; it is allowed "
+                             f"only for a server on this machine, not {self.host!r}: use starttls or tls")
+        return self
+
+    @property
+    def resolved_port(self) -> int:
+        return self.port or {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+
+class NotificationSettings(_Model):
+    """Telling certificate owners (the Recipient tag) what happened to their certificates."""
+
+    smtp: SmtpSettings | None = Field(default=None, description="E-mail; without it messages only go to the run log.")
+    apprise_urls: list[SecretStr] = Field(
+        default_factory=list,
+        description="Other channels as Apprise URLs (msteams://..., slack://...); each gets every notice. "
+                    "They hold tokens: keep them in the environment (CERTLC_NOTIFICATIONS__APPRISE_URLS).")
+    repeat_after_hours: float = Field(
+        default=24, ge=0, le=24 * 30,
+        description="The same notice (certificate, event, reason) is not sent again within this many hours.")
+    ui_url: str | None = Field(default=None, description="Prefect UI address for links to runs; default PREFECT_UI_URL.")
+
+
 class QueueSettings(_Model):
     """The storage queue Event Grid writes near-expiry events to (Azure Storage or Azurite)."""
 
@@ -377,6 +429,7 @@ class Settings(BaseSettings):
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     results_dir: Path | None = Field(default=None, description="Prefect result storage; default <state_dir>/results.")
 
     @model_validator(mode="after")
@@ -514,6 +567,12 @@ def _anchor_paths(settings: Settings, base: Path) -> Settings:
     for group in (settings.devca, settings.emulator):
         if group.state_dir is not None and not group.state_dir.is_absolute():
             group.state_dir = (base / group.state_dir).resolve()
+    smtp = settings.notifications.smtp
+    if smtp is not None:
+        for attr in ("password_file", "ca_bundle"):
+            value = getattr(smtp, attr)
+            if value is not None and not value.is_absolute():
+                setattr(smtp, attr, (base / value).resolve())
     for attr in ("tls_certificate", "tls_key", "rollout_dir"):
         value = getattr(settings.webhook, attr)
         if value is not None and not value.is_absolute():

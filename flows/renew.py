@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from certlc.ca import Disposition, DispositionStatus
 from certlc.denials import Denial, denial_log, denial_message
+from certlc.drain import Alert
 from certlc.errors import CertlcError, TerminalError
 from certlc.renewal import Outcome
 from certlc.vault import CertificateSnapshot
 from certlc.verify import REFUSED_RESPONSE
 from tasks._policy import current_settings, stored
+from tasks.alert import raise_alert
 from tasks.create_csr import create_csr, discard_csr
 from tasks.denial import record_denial
 from tasks.fetch_event import fetch_event
@@ -63,8 +66,22 @@ def _report_failure(vault: str, name: str, exc: CertlcError, snapshot: Certifica
                       old_thumbprint=snapshot.thumbprint if snapshot else None,
                       old_not_after=snapshot.not_after if snapshot else None, template=template)
     if snapshot is not None:
-        stored(notify)(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
+        _tell(outcome, snapshot, None)
     stored(log_outcome)(outcome.to_dict())
+
+
+def _tell(outcome: Outcome, snapshot: CertificateSnapshot, ca_profile: str | None) -> None:
+    """Notify the owners. A notice that cannot be delivered (after the task's retries) never
+    fails the renewal: it is an operator alert instead."""
+    try:
+        stored(notify)(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag), ca_profile)
+    except Exception as exc:
+        reason = getattr(exc, "reason", type(exc).__name__)
+        summary = (f"{snapshot.vault}/{snapshot.name}: the owners could not be told that it {outcome.outcome} "
+                   f"({reason}: {getattr(exc, 'message', '')})")
+        raise_alert(asdict(Alert("NotificationFailed", summary, {"vault": snapshot.vault, "certificate": snapshot.name,
+                                                                 "outcome": outcome.outcome, "reason": reason})),
+                    f"certlc.certificate.{snapshot.vault}.{snapshot.name}")
 
 
 def _held_back(snapshot: CertificateSnapshot, template: str, denial: Denial, window: dt.timedelta) -> dict[str, Any]:
@@ -148,6 +165,6 @@ def _renew(request: dict[str, Any], force: bool) -> dict[str, Any]:
     except CertlcError as exc:
         _report_failure(snapshot.vault, snapshot.name, exc, snapshot, template)
         raise
-    stored(notify)(outcome.to_dict(), snapshot.tag(current_settings().renewal.recipient_tag))
+    _tell(outcome, snapshot, current["ca_profile"])
     stored(log_outcome)(outcome.to_dict())
     return outcome.to_dict()
