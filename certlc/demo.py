@@ -374,13 +374,52 @@ def run_demo(state: Path, *, progress: Any = print, timeout: float = 180, ca: st
                          state / "logs")
         report["agent"] = _agent_report(client, watched, expected, installed_after, agent_report,
                                         _rollout_seen(info.rollout_url, settings))
-        report["ok"] = report["ok"] and report["agent"]["ok"]
+        report["mail"] = _mail_report(certificates, report["certificates"], state / "mail")
+        report["ok"] = report["ok"] and report["agent"]["ok"] and report["mail"]["ok"]
         report["ca"] = ca
         return report
     finally:
         progress("stopping the local stack ...")
         stop_all(procs)
         (state / "stack.json").unlink(missing_ok=True)
+
+
+def _mail_report(certificates: list[DemoCertificate], rows: list[dict[str, Any]], maildir: Path,
+                 wait: float = 20) -> dict[str, Any]:
+    """What the stack's SMTP sink received: each renewed certificate's owners (its Recipient tag)
+    must have got exactly one "renewed" e-mail, and nobody one for a certificate not renewed."""
+    from email import policy
+    from email.parser import BytesParser
+
+    from certlc.notify import parse_recipients
+
+    renewed = {r["name"] for r in rows if r["renewed"]}
+
+    def received() -> list[tuple[str, list[str]]]:
+        found = []
+        for folder in ("new", "cur"):  # a Maildir: one file per message
+            for path in sorted((maildir / folder).glob("*")) if (maildir / folder).is_dir() else []:
+                mail = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+                to = [a.strip() for a in str(mail["To"] or "").split(",") if a.strip()]
+                found.append((str(mail["Subject"] or ""), to))
+        return found
+
+    deadline = time.monotonic() + wait  # the notify step runs just after the merge the demo saw
+    while True:
+        messages = received()
+        got = {name for name in renewed if any(subject == f"Certificate {name} renewed" for subject, _ in messages)}
+        if got == renewed or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    per_certificate = []
+    for spec in certificates:
+        mine = [(subject, to) for subject, to in messages if subject == f"Certificate {spec.name} renewed"]
+        owners = parse_recipients(spec.recipients)[0]
+        expected = 1 if spec.name in renewed else 0
+        per_certificate.append({"name": spec.name, "owners": owners, "renewed_mails": len(mine),
+                                "ok": len(mine) == expected and all(sorted(to) == sorted(owners) for _, to in mine)})
+    return {"messages": len(messages), "certificates": per_certificate,
+            "ok": all(c["ok"] for c in per_certificate)}
 
 
 def _rollout_seen(url: str, settings: Settings) -> dict[str, str | None]:

@@ -100,12 +100,16 @@ def read_stack(root: Path) -> StackInfo | None:
 
 def write_stack_config(root: Path, *, vault_port: int, identity_port: int, webhook_port: int,
                        queue_connection_string: str, shared_key: str, lease: int = 60,
-                       ca: LocalCaPlan | None = None, rollout_key: str | None = None) -> Path:
+                       ca: LocalCaPlan | None = None, rollout_key: str | None = None,
+                       smtp_port: int | None = None) -> Path:
     """The local stack's certlc.toml: vault 'demo' on the emulator, the dev CA, the webhook with
     its key, the Azurite queue, and the emulator's two Event Grid subscriptions."""
     conn = json.dumps(queue_connection_string)
     hook = f"http://127.0.0.1:{webhook_port}/api/events?key={shared_key}"
     rollout_line = f"rollout_key = {json.dumps(rollout_key)}" if rollout_key else ""
+    # The stack's SMTP sink keeps every owner notification in <root>/mail (a Maildir).
+    smtp_section = (f'[notifications.smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "none"\n'
+                    f'sender = "certlc@certlc.localhost"\n') if smtp_port else ""
     sections = f"""
 [webhook]
 host = "127.0.0.1"
@@ -113,6 +117,7 @@ port = {webhook_port}
 shared_key = {json.dumps(shared_key)}
 {rollout_line}
 
+{smtp_section}
 [queue]
 connection_string = {conn}
 visibility_timeout_seconds = 300
@@ -176,6 +181,7 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
         parts.append(Part.of("azurite", azurite, f"tcp://127.0.0.1:{queue_port}", logs / "azurite.log"))
         _record(root, parts)
         webhook_port = free_port()
+        smtp_port = free_port()
         plan = plan_local_ca(ca, root, DEMO_TEMPLATES)
         # The agents' key for POST /api/rollout, in a file an agent's settings can point at.
         rollout_key = secrets.token_urlsafe(24)
@@ -184,7 +190,8 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
         config = write_stack_config(root, vault_port=free_port(), identity_port=free_port(),
                                     webhook_port=webhook_port,
                                     queue_connection_string=azurite_connection_string(queue_port),
-                                    shared_key=secrets.token_urlsafe(24), ca=plan, rollout_key=rollout_key)
+                                    shared_key=secrets.token_urlsafe(24), ca=plan, rollout_key=rollout_key,
+                                    smtp_port=smtp_port)
         if plan.kind != "devca":
             progress(f"starting the CA ({plan.kind}) ...")
             for started in plan.start(config, logs):
@@ -227,7 +234,6 @@ def up(root: Path, *, progress: Callable[[str], None] = print, detach: bool = Fa
         parts.append(Part.of("webhook", hook, f"http://127.0.0.1:{webhook_port}/healthz", logs / "webhook.log"))
         _record(root, parts)
         progress("starting the SMTP sink ...")
-        smtp_port = free_port()
         smtp = start_smtp_sink(root / "mail", smtp_port, logs / "smtp.log", detach=detach)
         procs.append(smtp)
         parts.append(Part.of("smtp", smtp, f"tcp://127.0.0.1:{smtp_port}", logs / "smtp.log"))

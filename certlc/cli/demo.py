@@ -42,7 +42,7 @@ def demo(
         exit_with_error(exc.message, 1)
     if json_output:
         print(json.dumps({"ca": report["ca"], "certificates": report["certificates"], "agent": report["agent"],
-                          "ok": report["ok"],
+                          "mail": report["mail"], "ok": report["ok"],
                           "second_sweep_renewed": report["second_sweep_renewed"], "logs": report["logs"]},
                          indent=2))
     else:
@@ -84,6 +84,12 @@ def _print_table(report: dict) -> None:
         console.print(f"  {row['name']}: vault {row['vault_version'][:8]}, installed "
                       f"{(row['installed_version'] or 'nothing')[:8]}, rollout state {(row['reported_version'] or 'none')[:8]}"
                       f"{when}{mark}")
+    mail = report["mail"]
+    told = [c for c in mail["certificates"] if c["renewed_mails"]]
+    console.print(f"owners told by e-mail (the stack's SMTP sink got {mail['messages']} message(s)): "
+                  + (", ".join(f"{c['name']} → {', '.join(c['owners'])}" for c in told) or "nobody")
+                  + ("" if mail["ok"] else " [red]PROBLEM: a renewed certificate's owners got no or more than one "
+                     "e-mail[/red]"))
     console.print(f"logs: {report['logs']}")
     console.print("[green]OK[/green]: every due certificate renewed once, nothing else touched"
                   if report["ok"] else "[red]FAILED[/red]: a promise did not hold; see the table and the logs")

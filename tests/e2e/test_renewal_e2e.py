@@ -408,6 +408,11 @@ def test_demo_renews_every_due_certificate_and_nothing_else(stack: Stack, tmp_pa
         if row["name"] in renewed:
             assert row["installed_after_merge_s"] <= agent["interval_seconds"] + 2, row
     assert sum(r["name"] in renewed for r in agent["certificates"]) >= 2
+    # The owners of each renewed certificate (its Recipient tag) got exactly one e-mail through the
+    # stack's SMTP sink, and nobody got one for a certificate that was not renewed.
+    mail = report["mail"]
+    assert mail["ok"] is True, mail
+    assert {c["name"] for c in mail["certificates"] if c["renewed_mails"] == 1} == set(renewed)
 
 
 def _secret_needles(stack: Stack) -> dict[str, str]:
