@@ -18,13 +18,15 @@ from certlc.up import Part, StackInfo, down, ps, write_stack_config
 def test_stack_config_is_valid_and_wires_events_to_webhook_and_queue(tmp_path: Path) -> None:
     path = write_stack_config(tmp_path, vault_port=9443, identity_port=9442, webhook_port=9080,
                               queue_connection_string="UseDevelopmentStorage=true", shared_key="k3y",
-                              rollout_key="r0ll")
+                              rollout_key="r0ll", smtp_port=2525)
     assert path.stat().st_mode & 0o077 == 0  # holds the webhook key
     settings = load_settings(path)
     assert settings.vault("demo").url == "https://localhost:9443"
     assert settings.webhook.shared_key.get_secret_value() == "k3y"
     assert settings.webhook.rollout_key is not None and settings.webhook.rollout_key.get_secret_value() == "r0ll"
     assert settings.rollout_path == (tmp_path / "rollout").resolve()
+    smtp = settings.notifications.smtp
+    assert smtp is not None and (smtp.host, smtp.resolved_port, smtp.security) == ("127.0.0.1", 2525, "none")
     kinds = {(s.destination, s.event_schema) for s in settings.emulator.subscriptions}
     assert kinds == {("webhook", "eventgrid"), ("webhook", "cloudevents"), ("storage_queue", "eventgrid")}
     for sub in settings.emulator.subscriptions:
