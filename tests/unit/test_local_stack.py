@@ -42,6 +42,7 @@ def test_the_demo_agent_settings_are_the_extension_json_and_report_to_the_stack(
     assert len(names) == 3 and all(event_due(s) for s in DEMO_CERTIFICATES if s.name in names)
     key_file = tmp_path / "rollout.key"
     key_file.write_text("k\n")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     path = write_agent_settings(tmp_path / "agent", vault_url="https://localhost:9443", client_id="cid",
                                 ca_bundle=str(tmp_path / "ca.pem"), names=names,
                                 rollout_url="http://127.0.0.1:9080/api/rollout", rollout_key_file=str(key_file))
