@@ -27,7 +27,8 @@ from certlc.drain import Alert
 from certlc.errors import InvalidInput
 from certlc.files import atomic_write, ensure_private_dir
 
-__all__ = ["HostCertificate", "RolloutReport", "RolloutStore", "by_certificate", "new_alerts", "parse_report",
+__all__ = ["MAX_CERTIFICATES", "SCHEMA", "STALE_INTERVALS", "HostCertificate", "RolloutReport", "RolloutStore", "Stored",
+           "by_certificate", "new_alerts", "parse_report",
            "vault_key"]
 
 log = logging.getLogger("certlc.rollout")
