@@ -24,11 +24,12 @@ def _key(context: Any, parameters: dict[str, Any]) -> str:
 
 
 def _run_url(ui_url: str | None) -> str | None:
+    """This run in the Prefect UI (its route is /runs/flow-run/<id>)."""
     from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_UI_URL
 
-    if ui_url:
-        return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run.id}" if flow_run.id else None
-    return flow_run.ui_url
+    base = ui_url or PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run.id}" if base and flow_run.id else None
 
 
 @task(name="notify", cache_key_fn=_key, **PERSIST, **RETRY)
