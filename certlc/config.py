@@ -33,6 +33,7 @@ __all__ = [
     "EmulatorSettings",
     "EntraSettings",
     "EventSubscriptionSettings",
+    "InventorySettings",
     "NotificationSettings",
     "QueueSettings",
     "RenewalSettings",
@@ -255,6 +256,15 @@ class NotificationSettings(_Model):
     ui_url: str | None = Field(default=None, description="Prefect UI address for links to runs; default PREFECT_UI_URL.")
 
 
+class InventorySettings(_Model):
+    """The estate's inventory: statuses, the history store (certlc status, dashboard, metrics)."""
+
+    threshold_days: float = Field(default=30, gt=0, le=3650,
+                                  description="Fewer days left than this is 'ExpiringSoon' (yellow).")
+    history_path: Path | None = Field(default=None, description="The SQLite history store; default "
+                                                                "<state_dir>/history.sqlite.")
+
+
 class QueueSettings(_Model):
     """The storage queue Event Grid writes near-expiry events to (Azure Storage or Azurite)."""
 
@@ -432,6 +442,7 @@ class Settings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    inventory: InventorySettings = Field(default_factory=InventorySettings)
     results_dir: Path | None = Field(default=None, description="Prefect result storage; default <state_dir>/results.")
 
     @model_validator(mode="after")
@@ -481,6 +492,10 @@ class Settings(BaseSettings):
     @property
     def devca_path(self) -> Path:
         return (self.devca.state_dir or self.state_dir / "devca").resolve()
+
+    @property
+    def history_path(self) -> Path:
+        return (self.inventory.history_path or self.state_dir / "history.sqlite").resolve()
 
     @property
     def rollout_path(self) -> Path:
@@ -569,6 +584,8 @@ def _anchor_paths(settings: Settings, base: Path) -> Settings:
     for group in (settings.devca, settings.emulator):
         if group.state_dir is not None and not group.state_dir.is_absolute():
             group.state_dir = (base / group.state_dir).resolve()
+    if settings.inventory.history_path is not None and not settings.inventory.history_path.is_absolute():
+        settings.inventory.history_path = (base / settings.inventory.history_path).resolve()
     smtp = settings.notifications.smtp
     if smtp is not None:
         for attr in ("password_file", "ca_bundle"):

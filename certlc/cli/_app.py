@@ -33,6 +33,8 @@ ca = App(name="ca", help="CA profiles: preflight checks.")
 ca.command("certlc.cli.ca:check", name="check", help="Check that a CA profile is usable (reachable, authenticated, templates exist and may be enrolled).")
 app.command(ca)
 app.command("certlc.cli.agent:agent", name="agent", help="Install certificates from Key Vault on this server (the Key Vault VM extension's job): poll, install, link.")
+app.command("certlc.cli.status:status", name="status",
+            help="Every certificate in the configured vaults: expiry, status, last renewal, rollout (--json for scripts).")
 app.command("certlc.cli.demo:demo", name="demo",
             help="Seed a local Key Vault with expiring certificates and renew them through Prefect.")
 

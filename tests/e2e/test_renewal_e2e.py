@@ -415,6 +415,32 @@ def test_demo_renews_every_due_certificate_and_nothing_else(stack: Stack, tmp_pa
     assert {c["name"] for c in mail["certificates"] if c["renewed_mails"] == 1} == set(renewed)
 
 
+def test_status_shows_every_certificate_the_vault_holds_with_its_last_renewal(stack: Stack) -> None:
+    proc = stack.certlc("status", "--json", config=stack.config)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    listed = list(stack.client().list_properties_of_certificates())
+    assert sorted(c["name"] for c in data["certificates"]) == sorted(p.name for p in listed)
+    now = dt.datetime.now(dt.UTC)
+    expected = {"Expired": 0, "ExpiringSoon": 0, "NotExpired": 0}
+    for prop in listed:  # the vault's own expiries, against the default 30-day threshold
+        left = prop.expires_on - now if prop.expires_on else dt.timedelta(0)
+        expected["Expired" if left <= dt.timedelta(0) else
+                 "ExpiringSoon" if left < dt.timedelta(days=30) else "NotExpired"] += 1
+    assert data["counts"] == expected and data["vault_errors"] == {}
+    by = {c["name"]: c for c in data["certificates"]}
+    renewed = stack.client().get_certificate("due-ec")
+    assert by["due-ec"]["last_outcome"] == "Renewed" and by["due-ec"]["recipients"] == ["owner@contoso.com"]
+    assert by["due-ec"]["version"] == renewed.properties.version
+    assert by["due-ec"]["thumbprint"] == bytes(renewed.properties.x509_thumbprint).hex().upper()
+    assert by["due-ec"]["subject"] == "CN=due.example" and by["due-ec"]["template"]
+    assert by["fresh"]["last_outcome"] is None and by["fresh"]["status"] == "NotExpired"
+    table = stack.certlc("status", config=stack.config)
+    assert table.returncode == 0 and "due-ec" in table.stdout and "Renewed" in table.stdout
+    unknown = stack.certlc("status", "--vault", "nope", config=stack.config)
+    assert unknown.returncode == 2 and "no vault named nope" in unknown.stderr
+
+
 def _secret_needles(stack: Stack) -> dict[str, str]:
     """Values that must never appear anywhere: key material, PFX bytes, tokens, the identity header."""
     needles = {"PEM private key": "PRIVATE KEY-----", "identity header": stack.env["IDENTITY_HEADER"]}
