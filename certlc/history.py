@@ -119,6 +119,13 @@ class History:
             rows = db.execute(_OF_CERTIFICATE, (vault, name, limit)).fetchall()
         return [RenewalRecord(**dict(zip(_COLUMNS, row, strict=True))) for row in rows]
 
+    def last_renewed(self) -> dict[tuple[str, str], str]:
+        """When each certificate was last renewed (ISO 8601), for those ever renewed here."""
+        with self._db() as db:
+            rows = db.execute("SELECT vault, name, MAX(at) FROM renewals WHERE outcome IN ('Renewed', 'AlreadyRenewed') "
+                              "GROUP BY vault, name").fetchall()
+        return {(v, n): at for v, n, at in rows}
+
     def counts(self) -> dict[tuple[str, str, str], int]:
         """How many outcomes of each kind each certificate had: (vault, name, outcome) -> count."""
         with self._db() as db:

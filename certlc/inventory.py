@@ -10,6 +10,7 @@ are in the certificate itself, not in the listing). The rows are plain dicts, th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from cryptography import x509
 
 from certlc.history import RenewalRecord
 from certlc.notify import parse_recipients
+from certlc.policy import is_due
 from certlc.times import iso_utc
 from certlc.vault import CertificateSummary
 from certlc.x509 import template_of
@@ -54,6 +56,7 @@ class InventoryRow:
     not_after: str | None
     days_left: float | None
     status: str
+    renew_at: str | None = None  # when certlc's policy makes it due (renewal.renew_before_*)
     recipients: list[str] = field(default_factory=list)
     last_outcome: str | None = None
     last_reason: str | None = None
@@ -80,7 +83,7 @@ def _describe(der: bytes | None) -> tuple[str | None, str | None, str | None]:
 def collect_vault(vault: str, summaries: Iterable[CertificateSummary],
                   read_latest: Callable[[str], tuple[bytes | None, str | None]], *, now: dt.datetime,
                   threshold_days: float, recipient_tag: str = "Recipient",
-                  template_tag: str = "Template") -> list[InventoryRow]:
+                  template_tag: str = "Template", renewal: Any = None) -> list[InventoryRow]:
     """One row per certificate of ``vault``. ``read_latest(name)`` gives the latest version's DER
     and version id (Key Vault's listing carries neither)."""
     rows = []
@@ -95,11 +98,15 @@ def collect_vault(vault: str, summaries: Iterable[CertificateSummary],
             error = f"{type(exc).__name__}: {getattr(exc, 'message', None) or str(exc)[:200]}"
         not_after = item.not_after
         days_left = round((not_after - now).total_seconds() / 86400, 1) if not_after else None
+        renew_at = None
+        if renewal is not None:
+            with contextlib.suppress(ValueError, OverflowError):
+                renew_at = iso_utc(is_due(item.not_before, not_after, renewal, now=now, tags=item.tags).renew_at)
         rows.append(InventoryRow(
             vault=vault, name=item.name, version=version or item.version, enabled=item.enabled, subject=subject,
             issuer=issuer, template=template or item.tags.get(template_tag), thumbprint=item.thumbprint,
             not_after=iso_utc(not_after), days_left=days_left, status=status_of(not_after, now, threshold_days).value,
-            recipients=parse_recipients(item.tags.get(recipient_tag))[0], error=error))
+            recipients=parse_recipients(item.tags.get(recipient_tag))[0], error=error, renew_at=renew_at))
     return rows
 
 
@@ -174,7 +181,7 @@ def take_inventory(settings: Any, *, vaults: list[str] | None = None, now: dt.da
         rows += collect_vault(vault.name, summaries, read_latest, now=now,
                               threshold_days=settings.inventory.threshold_days,
                               recipient_tag=settings.renewal.recipient_tag,
-                              template_tag=settings.renewal.template_tag)
+                              template_tag=settings.renewal.template_tag, renewal=settings.renewal)
     last = History(settings.history_path).last_outcomes() if settings.history_path.exists() else {}
     rollout = by_certificate(RolloutStore(settings.rollout_path).all(), now=now)
     annotate(rows, last, rollout, {v.name: v.url for v in settings.vaults})

@@ -20,6 +20,9 @@ def status(
     config: Annotated[Path | None, Parameter(env_var="CERTLC_CONFIG", show_default=False)] = None,
     vault: Annotated[list[str] | None, Parameter(help="Only this vault (repeatable).", negative_iterable="")] = None,
     json_output: Annotated[bool, Parameter(name="--json", negative="", help="Print JSON for scripts.")] = False,
+    record: Annotated[bool, Parameter(negative="", help="Also record this inventory in the history store "
+                                                        "(what the inventory flow does; /metrics and the "
+                                                        "dashboard show the last one).")] = False,
 ) -> None:
     """Show every certificate in the configured vaults: expiry, status, last renewal, rollout.
 
@@ -39,6 +42,14 @@ def status(
         exit_with_error(f"no vault named {', '.join(unknown)} in the configuration "
                         f"(configured: {', '.join(v.name for v in settings.vaults)})", 2)
     inventory = take_inventory(settings, vaults=vault)
+    if record:
+        import datetime as dt
+
+        from certlc.history import History
+
+        History(settings.history_path).record_inventory(
+            [r.to_dict() for r in inventory.rows],
+            run_at=dt.datetime.fromisoformat(inventory.generated_at.replace("Z", "+00:00")))
     if json_output:
         print(json.dumps(inventory.to_dict(), indent=2))
     else:

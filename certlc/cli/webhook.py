@@ -63,7 +63,8 @@ def webhook(
             exit_with_error(f"{exc.message} (or set webhook.enqueue = false to only start runs)", 2)
     _check_deployment(settings.webhook.deployment)
     starter = DeploymentStarter(settings.webhook.deployment, max_concurrent=settings.webhook.max_concurrent_starts)
-    app = create_app(settings, RenewalSink(starter, queue), on_alert=_raise_alert)
+    app = create_app(settings, RenewalSink(starter, queue), on_alert=_raise_alert,
+                     queue_depth=queue.depth if queue is not None else None)
     tls = settings.webhook
     # access_log off: the access line would carry the query string, i.e. the shared key.
     config = uvicorn.Config(app, ssl_certfile=str(tls.tls_certificate) if tls.tls_certificate else None,

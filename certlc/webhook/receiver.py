@@ -51,6 +51,10 @@ from certlc.events import (
     parse_delivery,
     vault_for,
 )
+from certlc.history import History
+from certlc.inventory import Status
+from certlc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from certlc.metrics import render_metrics
 from certlc.rollout import RolloutStore, by_certificate, new_alerts, parse_report, vault_key
 from certlc.webhook.auth import BearerVerifier, KeysUnavailable, TokenRejected
 
@@ -133,8 +137,22 @@ def log_alert(alert: Alert) -> None:
     log.error("ALERT %s: %s", alert.kind, alert.summary)
 
 
-def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert], None] = log_alert) -> Starlette:
-    """The receiver. ``on_alert`` is called once for each new alert an agent's rollout report carries."""
+def _operator(request: Request, settings: Settings) -> bool:
+    """A reader of the estate (GET /api/rollout, /api/inventory, /metrics): the shared key as
+    ``?key=``, ``X-Certlc-Key`` or ``Authorization: Bearer`` (how Prometheus sends credentials)."""
+    expected = settings.webhook.shared_key
+    if expected is None:
+        return False
+    authorization = request.headers.get("authorization", "")
+    given = (request.query_params.get("key") or request.headers.get("x-certlc-key")
+             or (authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""))
+    return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+
+
+def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert], None] = log_alert,
+               queue_depth: Callable[[], int | None] | None = None) -> Starlette:
+    """The receiver. ``on_alert`` is called once for each new alert an agent's rollout report
+    carries; ``queue_depth`` (optional) gives the storage queue's depth for /metrics."""
     verifier = BearerVerifier(settings.webhook.entra) if settings.webhook.entra is not None else None
 
     async def deliver(request: Request) -> Response:
@@ -253,8 +271,38 @@ def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert
                     log.error("webhook: could not raise alert %s: %s", alert.kind, type(exc).__name__)
         return JSONResponse({"host": report.host, "certificates": len(report.certificates), "kept": kept})
 
+    history = History(settings.history_path)
+
+    async def metrics(request: Request) -> Response:
+        if not _operator(request, settings):
+            return _error(401, "Unauthorized", "metrics without the shared key (Authorization: Bearer), or a wrong one")
+
+        def scrape() -> bytes:
+            taken_at, rows = history.latest_inventory() if settings.history_path.exists() else (None, [])
+            counts = history.counts() if settings.history_path.exists() else {}
+            renewed = history.last_renewed() if settings.history_path.exists() else {}
+            depth = None
+            if queue_depth is not None:
+                try:
+                    depth = queue_depth()
+                except Exception as exc:  # a scrape still answers; the gauge is left out
+                    log.warning("metrics: queue depth unavailable: %s", type(exc).__name__)
+            return render_metrics(taken_at, rows, counts, renewed, depth)
+
+        return Response(await run_in_threadpool(scrape), media_type=METRICS_CONTENT_TYPE)
+
+    async def read_inventory(request: Request) -> Response:
+        if not _operator(request, settings):
+            return _error(401, "Unauthorized", "request without the shared key, or with a wrong one")
+        taken_at, rows = (await run_in_threadpool(history.latest_inventory)) if settings.history_path.exists() \
+            else (None, [])
+        counts = {s.value: 0 for s in Status}
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        return JSONResponse({"generated_at": taken_at, "counts": counts, "certificates": rows})
+
     async def read_rollout(request: Request) -> Response:
-        if not _authenticated(request, settings):
+        if not _operator(request, settings):
             return _error(401, "Unauthorized", "request without the shared key, or with a wrong one")
         reports = await run_in_threadpool(store.all)
         now = dt.datetime.now(dt.UTC)
@@ -270,6 +318,8 @@ def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert
         Route("/api/events", deliver, methods=["POST"]),
         Route("/api/rollout", report_rollout, methods=["POST"]),
         Route("/api/rollout", read_rollout, methods=["GET"]),
+        Route("/api/inventory", read_inventory, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/api/events", handshake, methods=["OPTIONS"]),
         Route("/healthz", health, methods=["GET"]),
     ])

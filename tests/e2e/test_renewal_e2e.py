@@ -440,6 +440,28 @@ def test_status_shows_every_certificate_the_vault_holds_with_its_last_renewal(st
     unknown = stack.certlc("status", "--vault", "nope", config=stack.config)
     assert unknown.returncode == 2 and "no vault named nope" in unknown.stderr
 
+    # Recorded, the same inventory is what /metrics serves: parsed with prometheus_client's parser,
+    # every certificate's expiry and status match the vault.
+    assert stack.certlc("status", "--json", "--record", config=stack.config).returncode == 0
+    from prometheus_client.parser import text_string_to_metric_families
+    from starlette.testclient import TestClient
+
+    from certlc.config import WebhookSettings
+    from certlc.webhook import create_app
+
+    settings = stack.settings.model_copy(update={"webhook": WebhookSettings(shared_key="metrics-key-0123")})
+    scrape = TestClient(create_app(settings, sink=None)).get(  # type: ignore[arg-type]
+        "/metrics", headers={"Authorization": "Bearer metrics-key-0123"})
+    assert scrape.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(scrape.text)}
+    expiry = {s.labels["name"]: s.value for s in families["certlc_certificate_expiration_timestamp_seconds"].samples}
+    assert expiry == {p.name: p.expires_on.timestamp() for p in listed}
+    totals = {s.labels["status"]: s.value for s in families["certlc_certificates"].samples}
+    assert totals == expected
+    attempts = {s.labels["name"]: s.value for s in families["certlc_certificate_renewal_attempts"].samples
+                if s.name.endswith("_total")}
+    assert attempts["due-ec"] >= 1 and attempts["fresh"] == 0
+
 
 def _secret_needles(stack: Stack) -> dict[str, str]:
     """Values that must never appear anywhere: key material, PFX bytes, tokens, the identity header."""

@@ -58,7 +58,7 @@ def test_local_prefect_yaml_changes_only_the_pull_directory_and_drain_interval(t
                                               drain_interval_seconds=10).read_text())
     assert local["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(tmp_path)}}]
     by_name = {d["name"]: d for d in local["deployments"]}
-    assert set(by_name) == {"renew-certificate", "drain-queue", "sweep"}
+    assert set(by_name) == {"renew-certificate", "drain-queue", "sweep", "inventory"}
     assert by_name["drain-queue"]["schedules"] == [{"interval": 10}]
     assert by_name["drain-queue"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert by_name["sweep"] == next(d for d in original["deployments"] if d["name"] == "sweep")

@@ -8,7 +8,7 @@ import pytest
 @pytest.mark.parametrize("module", ["certlc", "certlc.ca", "certlc.errors", "certlc.config", "certlc.vault",
                                     "certlc.policy", "certlc.renewal", "certlc.verify", "certlc.notify",
                                     "certlc.clients", "certlc.x509", "certlc.emulator", "certlc.rollout",
-                                    "certlc.deliver", "certlc.notice_log"])
+                                    "certlc.deliver", "certlc.notice_log", "certlc.history", "certlc.inventory", "certlc.metrics"])
 def test_all_lists_the_public_names(module: str) -> None:
     mod = importlib.import_module(module)
     public = {n for n, v in vars(mod).items() if not n.startswith("_") and getattr(v, "__module__", module) == module
