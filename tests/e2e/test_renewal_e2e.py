@@ -463,6 +463,24 @@ def test_status_shows_every_certificate_the_vault_holds_with_its_last_renewal(st
     assert attempts["due-ec"] >= 1 and attempts["fresh"] == 0
 
 
+def test_the_inventory_flow_records_every_certificate_for_metrics_and_the_dashboard(stack: Stack) -> None:
+    code = "import json; from flows.inventory import inventory; print(json.dumps(inventory()))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, **stack.env, "CERTLC_CONFIG": str(stack.config),
+                               "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(stack.settings.results_path)},
+                          cwd=Path(__file__).resolve().parents[2])
+    stack.outputs += [proc.stdout, proc.stderr]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    listed = sorted(p.name for p in stack.client().list_properties_of_certificates())
+    assert result["certificates"] == len(listed) and result["vault_errors"] == {}
+    from certlc.history import History
+
+    taken_at, rows = History(stack.settings.history_path).latest_inventory()
+    assert taken_at is not None and sorted(r["name"] for r in rows) == listed
+    assert sum(result["counts"].values()) == len(listed)
+
+
 def _secret_needles(stack: Stack) -> dict[str, str]:
     """Values that must never appear anywhere: key material, PFX bytes, tokens, the identity header."""
     needles = {"PEM private key": "PRIVATE KEY-----", "identity header": stack.env["IDENTITY_HEADER"]}
