@@ -193,7 +193,7 @@ def test_every_part_is_up_and_both_subscriptions_validated(stack: LocalStack) ->
     assert all(r["healthy"] for r in rows), rows
     with stack.prefect() as api:
         names = {d["name"] for d in api.post("/deployments/filter", json={}).json()}
-    assert names == {"renew-certificate", "drain-queue", "sweep"}
+    assert names == {"renew-certificate", "drain-queue", "sweep", "inventory"}
     def validated() -> bool:
         subscriptions = get_event_stats(stack.emulator_state)["subscriptions"]
         webhooks = [s for s in subscriptions if s["destination"].startswith("webhook")]
