@@ -81,6 +81,7 @@ def _recipe(api: str, home: Path, health_port: int, unit: Path = UNIT) -> tuple[
     env["PREFECT_HOME"] = str(home / "prefect")
     env["CERTLC_CONFIG"] = str(home / "certlc.toml")
     env["PREFECT_WORKER_WEBSERVER_PORT"] = str(health_port)
+    env["PYTHONFAULTHANDLER"] = "1"  # a stack dump on SIGABRT, should it ever hang
     return argv, env
 
 
@@ -153,8 +154,12 @@ def test_worker_runs_as_a_service_and_stops_cleanly(prefect_api: str, tmp_path: 
         try:
             returncode = proc.wait(timeout=60)  # the unit allows TimeoutStopSec=90
         except subprocess.TimeoutExpired:
+            # Where is it stuck? PYTHONFAULTHANDLER makes SIGABRT dump every thread's stack to the log.
+            proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
             raise AssertionError(f"the worker did not stop within 60 s of {stop_signal!r}:\n"
-                                 + log.read_text(errors="replace")[-6000:]) from None
+                                 + log.read_text(errors="replace")[-12000:]) from None
         stopped_in = time.monotonic() - stop_started
     finally:
         if proc.poll() is None:
