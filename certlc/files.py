@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "atomic_write", "ensure_private_dir", "read_or_create_private"]
+__all__ = ["PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "atomic_write", "ensure_private_dir", "open_sqlite", "read_or_create_private"]
 
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
@@ -72,3 +74,18 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def open_sqlite(path: Path, schema: str) -> Iterator[sqlite3.Connection]:
+    """A connection to the SQLite store at ``path`` with ``schema`` applied: autocommit (callers
+    open their own transactions), WAL so readers never wait for the worker's writers, and a
+    30 s wait for a lock instead of failing at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(schema)
+        yield db
+    finally:
+        db.close()

@@ -130,11 +130,11 @@ def annotate(rows: list[InventoryRow], last: Mapping[tuple[str, str], RenewalRec
     return rows
 
 
-def summarise(rows: Iterable[InventoryRow]) -> dict[str, int]:
-    """Counts per status (the dashboard's donut), every status present even when zero."""
+def summarise(statuses: Iterable[str]) -> dict[str, int]:
+    """Counts per status (the dashboard's donut, ``/metrics``), every status present even when zero."""
     counts = {s.value: 0 for s in Status}
-    for row in rows:
-        counts[row.status] += 1
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
     return counts
 
 
@@ -147,7 +147,7 @@ class Inventory:
     vault_errors: dict[str, str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"generated_at": self.generated_at, "counts": summarise(self.rows),
+        return {"generated_at": self.generated_at, "counts": summarise(r.status for r in self.rows),
                 "certificates": [r.to_dict() for r in self.rows], "vault_errors": self.vault_errors}
 
 

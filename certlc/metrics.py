@@ -16,7 +16,6 @@ into N Key Vault requests. ``certlc_inventory_timestamp_seconds`` tells how old 
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -24,7 +23,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from certlc.inventory import Status
+from certlc.inventory import Status, summarise
+from certlc.times import parse_utc
 
 __all__ = ["CONTENT_TYPE", "render_metrics"]
 
@@ -33,13 +33,8 @@ _LABELS = ["vault", "name"]
 
 
 def _ts(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+    when = parse_utc(value)
+    return when.timestamp() if when is not None else None
 
 
 class _Estate(Collector):
@@ -65,7 +60,10 @@ class _Estate(Collector):
         last = GaugeMetricFamily("certlc_certificate_last_renewal_timestamp_seconds",
                                  "When certlc last renewed the certificate (Unix seconds).", labels=_LABELS)
         totals = GaugeMetricFamily("certlc_certificates", "Certificates per status.", labels=["status"])
-        per_status = {s.value: 0 for s in Status}
+        # Outcome counts grouped once per certificate: a scrape stays linear in the estate's size.
+        outcomes: dict[tuple[str, str], dict[str, int]] = {}
+        for (vault, name, outcome), count in self.counts.items():
+            outcomes.setdefault((vault, name), {})[outcome] = count
         for row in self.rows:
             key = [row["vault"], row["name"]]
             if (expires := _ts(row.get("not_after"))) is not None:
@@ -74,13 +72,12 @@ class _Estate(Collector):
                 renew.add_metric(key, due)
             for s in Status:
                 status.add_metric([*key, s.value], 1.0 if row["status"] == s.value else 0.0)
-            per_status[row["status"]] = per_status.get(row["status"], 0) + 1
-            mine = {o: c for (v, n, o), c in self.counts.items() if (v, n) == (row["vault"], row["name"])}
+            mine = outcomes.get((row["vault"], row["name"]), {})
             attempts.add_metric(key, sum(c for o, c in mine.items() if o not in ("NotDue", "Skipped")))
             failures.add_metric(key, mine.get("Failed", 0) + mine.get("Denied", 0))
             if (renewed := _ts(self.last_renewed.get((row["vault"], row["name"])))) is not None:
                 last.add_metric(key, renewed)
-        for name, count in per_status.items():
+        for name, count in summarise(row["status"] for row in self.rows).items():
             totals.add_metric([name], count)
         yield from (expiry, renew, status, attempts, failures, last, totals)
         taken = _ts(self.taken_at)

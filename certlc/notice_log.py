@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from certlc.files import open_sqlite
 from certlc.notify import Notice
 
 __all__ = ["Decision", "NoticeLog"]
@@ -44,16 +44,8 @@ class NoticeLog:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            yield db
-        finally:
-            db.close()
+    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return open_sqlite(self.path, _SCHEMA)
 
     def decide(self, notice: Notice, repeat_after: dt.timedelta, *, now: dt.datetime | None = None) -> Decision:
         """Whether ``notice`` is to be sent now, and which attempt it is. Reads only: a delivery

@@ -20,6 +20,7 @@ from typing import Any
 import jinja2
 
 from certlc.renewal import Outcome
+from certlc.times import parse_utc
 
 __all__ = ["NOT_AUTOMATABLE", "Event", "Message", "Notice", "notice_for", "parse_recipients", "render"]
 
@@ -100,13 +101,8 @@ _EVENTS = {"Renewed": Event.RENEWED, "AlreadyRenewed": Event.RENEWED, "Pending":
 
 
 def _expired(not_after: str | None, now: dt.datetime) -> bool:
-    if not not_after:
-        return False
-    try:
-        when = dt.datetime.fromisoformat(not_after.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)) <= now
+    when = parse_utc(not_after)
+    return when is not None and when <= now
 
 
 def notice_for(outcome: Outcome, *, ca_profile: str | None = None, run_url: str | None = None,

@@ -27,14 +27,15 @@ from certlc.drain import Alert
 from certlc.errors import InvalidInput
 from certlc.files import atomic_write, ensure_private_dir
 
-__all__ = ["MAX_CERTIFICATES", "SCHEMA", "STALE_INTERVALS", "HostCertificate", "RolloutReport", "RolloutStore", "Stored",
-           "by_certificate", "new_alerts", "parse_report",
+__all__ = ["MAX_ALERT", "MAX_CERTIFICATES", "SCHEMA", "STALE_INTERVALS", "HostCertificate", "RolloutReport", "RolloutStore", "Stored",
+           "by_certificate", "is_stale", "new_alerts", "parse_report",
            "vault_key"]
 
 log = logging.getLogger("certlc.rollout")
 
 SCHEMA = "certlc.rollout/1"
 MAX_CERTIFICATES = 5000
+MAX_ALERT = 2000  # characters of an alert kept (the agent shortens longer ones before sending)
 # A host that missed this many polling intervals (plus a minute's grace) is shown as stale.
 STALE_INTERVALS = 3
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?")
@@ -76,7 +77,7 @@ class HostCertificate(_Model):
     not_after: dt.datetime | None = None
     installed_at: dt.datetime | None = None
     last_result: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z]+$")
-    alert: str | None = Field(default=None, max_length=2000)
+    alert: str | None = Field(default=None, max_length=MAX_ALERT)
 
     @field_validator("vault")
     @classmethod
@@ -232,7 +233,8 @@ class RolloutStore:
             return None
 
 
-def _stale(stored: Stored, now: dt.datetime) -> bool:
+def is_stale(stored: Stored, now: dt.datetime) -> bool:
+    """Whether the host stopped reporting: its last report is older than STALE_INTERVALS intervals + a minute."""
     allowed = dt.timedelta(seconds=STALE_INTERVALS * stored.report.polling_interval + 60)
     return now - stored.received_at > allowed
 
@@ -248,7 +250,7 @@ def by_certificate(reports: Iterable[Stored], *, now: dt.datetime | None = None,
     vault_names = vault_names or {}
     grouped: dict[tuple[str, str], dict[str, Any]] = {}
     for stored in reports:
-        stale = _stale(stored, now)
+        stale = is_stale(stored, now)
         for cert in stored.report.certificates:
             key = (vault_key(cert.vault), cert.name)
             entry = grouped.setdefault(key, {"vault": key[0], "vault_name": vault_names.get(key[0]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-__all__ = ["iso_utc", "parse_duration", "parse_iso"]
+__all__ = ["iso_utc", "parse_duration", "parse_iso", "parse_utc"]
 
 _DURATION = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -19,6 +19,18 @@ def iso_utc(value: dt.datetime | None) -> str | None:
 
 def parse_iso(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def parse_utc(value: str | None) -> dt.datetime | None:
+    """Like :func:`parse_iso`, for values stored by others: a time without a zone is UTC, and
+    anything unreadable is None instead of an error."""
+    if not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def parse_duration(value: str | float | int) -> dt.timedelta:

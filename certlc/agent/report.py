@@ -31,14 +31,13 @@ from certlc.agent.install import FILE_NAMES as _FILE_NAMES
 from certlc.agent.install import make_dirs, write_atomic
 from certlc.agent.settings import AgentSettings, ReportOptions, Watched
 from certlc.errors import CertlcError
+from certlc.rollout import MAX_ALERT, SCHEMA  # the receiver's contract: one definition for both sides
 from certlc.x509 import load_certificates, sha1_thumbprint
 
 __all__ = ["MAX_ALERT", "SCHEMA", "Reporter", "build_report", "post_report", "read_report", "report_key", "write_report"]
 
 log = logging.getLogger("certlc.agent")
 
-SCHEMA = "certlc.rollout/1"
-MAX_ALERT = 2000  # characters; what the webhook's /api/rollout keeps
 # Results whose alert stays until something new happens (the poller did not re-evaluate them).
 _STICKY = {"Refused", "RolledBack", "DeployFailed", "BackingOff"}
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -52,10 +53,10 @@ from certlc.events import (
     vault_for,
 )
 from certlc.history import History
-from certlc.inventory import Status
+from certlc.inventory import summarise
 from certlc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from certlc.metrics import render_metrics
-from certlc.rollout import RolloutStore, by_certificate, new_alerts, parse_report, vault_key
+from certlc.rollout import RolloutStore, by_certificate, is_stale, new_alerts, parse_report, vault_key
 from certlc.webhook.auth import BearerVerifier, KeysUnavailable, TokenRejected
 
 __all__ = ["AcceptedEvent", "EventSink", "create_app"]
@@ -83,22 +84,28 @@ def _error(status: int, reason: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": reason, "message": message}}, status_code=status)
 
 
+def _matches(given: str, expected: SecretStr | None) -> bool:
+    """``given`` is the configured key (constant time); never when no key is configured."""
+    return expected is not None and hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+
+
+def _bearer(request: Request) -> str:
+    authorization = request.headers.get("authorization", "")
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+
+
 def _authenticated(request: Request, settings: Settings) -> bool:
-    expected = settings.webhook.shared_key
-    if expected is None:
+    if settings.webhook.shared_key is None:
         # Fail closed: a receiver without a key would start renewals for anyone who can reach it.
         log.error("webhook: webhook.shared_key is not configured; refusing every delivery")
         return False
     given = request.query_params.get("key") or request.headers.get("x-certlc-key") or ""
-    return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+    return _matches(given, settings.webhook.shared_key)
 
 
 def _agent_key(request: Request) -> str:
     """The key an agent sent: ``Authorization: Bearer <key>`` or ``X-Certlc-Key: <key>``."""
-    authorization = request.headers.get("authorization", "")
-    if authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
-    return request.headers.get("x-certlc-key", "")
+    return _bearer(request) or request.headers.get("x-certlc-key", "")
 
 
 async def _bearer_refusal(request: Request, verifier: BearerVerifier | None, what: str) -> Response | None:
@@ -140,13 +147,19 @@ def log_alert(alert: Alert) -> None:
 def _operator(request: Request, settings: Settings) -> bool:
     """A reader of the estate (GET /api/rollout, /api/inventory, /metrics): the shared key as
     ``?key=``, ``X-Certlc-Key`` or ``Authorization: Bearer`` (how Prometheus sends credentials)."""
-    expected = settings.webhook.shared_key
-    if expected is None:
-        return False
-    authorization = request.headers.get("authorization", "")
-    given = (request.query_params.get("key") or request.headers.get("x-certlc-key")
-             or (authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""))
-    return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+    given = request.query_params.get("key") or request.headers.get("x-certlc-key") or _bearer(request)
+    return _matches(given, settings.webhook.shared_key)
+
+
+async def _json_body(request: Request, limit: int, types: tuple[str, ...], what: str) -> bytes | Response:
+    """The body of a JSON request, or the 415 / 413 answer that refuses it."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in types:
+        return _error(415, "UnsupportedMediaType", f"content type {content_type or 'none'!r} is not JSON")
+    body = await _read_body(request, limit)
+    if body is None:
+        return _error(413, "PayloadTooLarge", f"{what} exceeds {limit} bytes")
+    return body
 
 
 def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert], None] = log_alert,
@@ -160,12 +173,9 @@ def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert
             return _error(401, "Unauthorized", "delivery without the shared key, or with a wrong one")
         if (refusal := await _bearer_refusal(request, verifier, "delivery")) is not None:
             return refusal
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in JSON_TYPES:
-            return _error(415, "UnsupportedMediaType", f"content type {content_type or 'none'!r} is not JSON")
-        body = await _read_body(request, settings.webhook.max_body_bytes)
-        if body is None:
-            return _error(413, "PayloadTooLarge", f"delivery exceeds {settings.webhook.max_body_bytes} bytes")
+        body = await _json_body(request, settings.webhook.max_body_bytes, JSON_TYPES, "delivery")
+        if isinstance(body, Response):
+            return body
         try:
             events = parse_delivery(body)
         except InvalidInput as exc:
@@ -238,14 +248,11 @@ def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert
         expected = settings.webhook.rollout_key
         if expected is None:
             return _error(403, "RolloutDisabled", "rollout reports are not accepted here: set webhook.rollout_key")
-        if not hmac.compare_digest(_agent_key(request).encode(), expected.get_secret_value().encode()):
+        if not _matches(_agent_key(request), expected):
             return _error(401, "Unauthorized", "rollout report without the rollout key, or with a wrong one")
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            return _error(415, "UnsupportedMediaType", f"content type {content_type or 'none'!r} is not JSON")
-        body = await _read_body(request, settings.webhook.max_body_bytes)
-        if body is None:
-            return _error(413, "PayloadTooLarge", f"report exceeds {settings.webhook.max_body_bytes} bytes")
+        body = await _json_body(request, settings.webhook.max_body_bytes, ("application/json",), "report")
+        if isinstance(body, Response):
+            return body
         try:
             report = parse_report(body)
         except InvalidInput as exc:
@@ -278,9 +285,9 @@ def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert
             return _error(401, "Unauthorized", "metrics without the shared key (Authorization: Bearer), or a wrong one")
 
         def scrape() -> bytes:
-            taken_at, rows = history.latest_inventory() if settings.history_path.exists() else (None, [])
-            counts = history.counts() if settings.history_path.exists() else {}
-            renewed = history.last_renewed() if settings.history_path.exists() else {}
+            taken_at, rows, counts, renewed = None, [], {}, {}
+            if settings.history_path.exists():  # reading must not create the store
+                (taken_at, rows), counts, renewed = history.latest_inventory(), history.counts(), history.last_renewed()
             depth = None
             if queue_depth is not None:
                 try:
@@ -296,10 +303,8 @@ def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert
             return _error(401, "Unauthorized", "request without the shared key, or with a wrong one")
         taken_at, rows = (await run_in_threadpool(history.latest_inventory)) if settings.history_path.exists() \
             else (None, [])
-        counts = {s.value: 0 for s in Status}
-        for row in rows:
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
-        return JSONResponse({"generated_at": taken_at, "counts": counts, "certificates": rows})
+        return JSONResponse({"generated_at": taken_at, "counts": summarise(r["status"] for r in rows),
+                             "certificates": rows})
 
     async def read_rollout(request: Request) -> Response:
         if not _operator(request, settings):
@@ -309,7 +314,7 @@ def create_app(settings: Settings, sink: EventSink, *, on_alert: Callable[[Alert
         hosts = [{"host": s.report.host, "agent_version": s.report.agent_version,
                   "generated_at": s.report.generated_at.isoformat(), "reported_at": s.received_at.isoformat(),
                   "polling_interval": s.report.polling_interval, "certificates": len(s.report.certificates),
-                  "stale": any(h["stale"] for c in by_certificate([s], now=now) for h in c["hosts"])}
+                  "stale": is_stale(s, now)}
                  for s in reports]
         return JSONResponse({"hosts": hosts,
                              "certificates": by_certificate(reports, now=now, vault_names=vault_names)})
